@@ -1,0 +1,121 @@
+"""The per-INVITE decision: who is calling, which DID, and what to do.
+
+A pure function over plain values so that every row of the decision table is
+unit-tested without Kamailio; the KEMI script only reads the message, asks,
+and acts.
+"""
+
+from dataclasses import dataclass
+
+import netaddr
+
+from vpbx.model import Config, Did, Step
+from vpbx.numbers import normalize
+
+
+@dataclass(frozen=True)
+class FromTrunk:
+    """The INVITE came from a trunk's inbound source: its caller ID is trusted."""
+
+    trunk: str
+
+
+@dataclass(frozen=True)
+class FromExtension:
+    """The INVITE came from an extension that passed digest authentication."""
+
+    number: str
+
+
+@dataclass(frozen=True)
+class FromStranger:
+    """Neither a trunk source nor an authenticated extension."""
+
+
+Origin = FromTrunk | FromExtension | FromStranger
+
+
+@dataclass(frozen=True)
+class Reject:
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class TriggerCallback:
+    """A listed caller on a callback DID: refuse unanswered, the engine calls back."""
+
+    did: str
+    caller: str
+    reply_code: int
+
+
+@dataclass(frozen=True)
+class RouteScheme:
+    """Run the DID's routing scheme, steps tried in order."""
+
+    did: str
+    scheme: str
+    steps: tuple[Step, ...]
+
+
+@dataclass(frozen=True)
+class RingExtension:
+    """An extension dialled an extension."""
+
+    extension: str
+
+
+Action = Reject | TriggerCallback | RouteScheme | RingExtension
+
+FORBIDDEN = Reject(403, "Forbidden")
+NOT_FOUND = Reject(404, "Not Found")
+
+
+class Router:
+    """The configuration indexed for per-INVITE look-ups."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._sources = [
+            (netaddr.IPNetwork(cidr), trunk.name)
+            for trunk in config.trunks
+            for cidr in trunk.inbound_sources
+        ]
+
+    def trunk_for(self, source_ip: str) -> str | None:
+        """The trunk whose inbound sources hold `source_ip`, if any."""
+        try:
+            address = netaddr.IPAddress(source_ip)
+        except (netaddr.AddrFormatError, ValueError):
+            return None
+        for network, name in self._sources:
+            if address in network:
+                return name
+        return None
+
+    def did(self, ruri_user: str | None) -> Did | None:
+        number = normalize(ruri_user, self.config.default_country)
+        return self.config.numbers.get(number) if number else None
+
+    def is_listed(self, did: Did, caller: str | None) -> bool:
+        cb = did.callback
+        if cb is None or not cb.enabled or cb.list is None or caller is None:
+            return False
+        return caller in self.config.number_lists.get(cb.list, ())
+
+    def decide(self, origin: Origin, ruri_user: str | None, caller_user: str | None) -> Action:
+        """What to do with an INVITE to `ruri_user` from `caller_user` arriving from `origin`."""
+        if isinstance(origin, FromStranger):
+            return FORBIDDEN
+        if isinstance(origin, FromExtension) and ruri_user in self.config.extensions:
+            return RingExtension(ruri_user)
+        did = self.did(ruri_user)
+        if did is None:
+            return NOT_FOUND
+        # Caller ID means something only when the carrier asserts it.
+        if isinstance(origin, FromTrunk):
+            caller = normalize(caller_user, self.config.default_country)
+            if self.is_listed(did, caller):
+                return TriggerCallback(did.number, caller, did.callback.reject_code)
+        return RouteScheme(did.number, did.routing, self.config.routing_schemes[did.routing])

@@ -1,0 +1,495 @@
+"""The inventory contract, validated once, as typed configuration.
+
+`load()` takes the `vpbx_*` variables (as the inventory has them, or as the
+rendered `routing.json` has them) and returns a `Config`, or raises
+`InventoryError` listing every problem, each naming the key path and item.
+`dump()` gives the same contract back with numbers in E.164, which is what
+the services load: one schema from the admin's YAML to the running router.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import netaddr
+import phonenumbers
+
+from vpbx.numbers import InvalidNumber, country_code_prefix, is_valid_region, to_e164
+
+CONTRACT_KEYS = (
+    "vpbx_default_country",
+    "vpbx_sip_listen",
+    "vpbx_trunks",
+    "vpbx_number_lists",
+    "vpbx_extensions",
+    "vpbx_routing_schemes",
+    "vpbx_numbers",
+)
+REQUIRED_KEYS = ("vpbx_default_country", "vpbx_sip_listen", "vpbx_trunks", "vpbx_numbers")
+STEP_KINDS = ("ring", "forward", "reject")
+LANGUAGES = ("sk", "en")
+DEFAULT_RING_TIMEOUT = 20
+DEFAULT_CALLBACK_REJECT = 486
+DEFAULT_DENIED_TYPES = ("premium_rate", "shared_cost")
+# libphonenumber's number types by the names an admin writes in YAML.
+NUMBER_TYPES = {
+    name.lower(): value
+    for name, value in vars(phonenumbers.PhoneNumberType).items()
+    if name.isupper()
+}
+
+
+class InventoryError(ValueError):
+    """The inventory breaks the contract; `errors` lists every problem found."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("\n".join(errors))
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Trunk:
+    name: str
+    address: HostPort
+    inbound_sources: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RingStep:
+    extensions: tuple[str, ...]
+    timeout: int = DEFAULT_RING_TIMEOUT
+
+
+@dataclass(frozen=True)
+class ForwardStep:
+    number: str
+
+
+@dataclass(frozen=True)
+class RejectStep:
+    code: int
+
+
+Step = RingStep | ForwardStep | RejectStep
+
+
+@dataclass(frozen=True)
+class Callback:
+    enabled: bool
+    list: str | None
+    record: bool = False
+    reject_code: int = DEFAULT_CALLBACK_REJECT
+    delay: float = 1.0
+    ring_timeout: int = DEFAULT_RING_TIMEOUT
+    retries: int = 1
+    retry_interval: int = 30
+    language: str = "sk"
+    prompt: str | None = None
+    allowed_prefixes: tuple[str, ...] = ()
+    denied_types: tuple[str, ...] = DEFAULT_DENIED_TYPES
+    inter_digit_timeout: int = 5
+    max_digits: int = 15
+    attempts: int = 3
+
+
+@dataclass(frozen=True)
+class Did:
+    number: str
+    routing: str
+    callback: Callback | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    default_country: str
+    sip_listen: HostPort
+    trunks: tuple[Trunk, ...]
+    number_lists: Mapping[str, frozenset[str]]
+    extensions: Mapping[str, str]
+    routing_schemes: Mapping[str, tuple[Step, ...]]
+    numbers: Mapping[str, Did]
+
+
+@dataclass
+class _Checker:
+    """Collects errors while walking the inventory; each names its key path."""
+
+    errors: list[str] = field(default_factory=list)
+
+    def error(self, path: str, message: str) -> None:
+        self.errors.append(f"{path}: {message}")
+
+    def keys(self, path: str, item: Any, allowed: tuple[str, ...], required: tuple[str, ...]):
+        if not isinstance(item, Mapping):
+            self.error(path, f"must be a mapping, got {_kind(item)}")
+            return False
+        for key in item:
+            if key not in allowed:
+                self.error(f"{path}.{key}", f"unknown key (allowed: {', '.join(allowed)})")
+        for key in required:
+            if key not in item:
+                self.error(f"{path}.{key}", "is required")
+        return True
+
+    def items(self, path: str, value: Any) -> list:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.error(path, f"must be a list, got {_kind(value)}")
+            return []
+        return value
+
+    def text(self, path: str, value: Any) -> str | None:
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+        self.error(path, f"must be a non-empty string, got {value!r}")
+        return None
+
+    def integer(self, path: str, value: Any, low: int, high: int) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            self.error(path, f"must be a whole number from {low} to {high}, got {value!r}")
+            return None
+        return value
+
+    def number(self, path: str, value: Any, country: str) -> str | None:
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            self.error(path, f"must be a telephone number as a string, got {value!r}")
+            return None
+        try:
+            return to_e164(str(value), country)
+        except InvalidNumber as exc:
+            self.error(path, str(exc))
+            return None
+
+    def host_port(self, path: str, value: Any) -> HostPort | None:
+        text = self.text(path, value)
+        if text is None:
+            return None
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            self.error(path, f"must be HOST:PORT, got {value!r}")
+            return None
+        try:
+            host = str(netaddr.IPAddress(host))
+        except (netaddr.AddrFormatError, ValueError):
+            self.error(path, f"{host!r} is not an IP address")
+            return None
+        return HostPort(host, int(port))
+
+    def unique(self, path: str, name: str | None, seen: dict[str, str]) -> None:
+        if name is None:
+            return
+        if name in seen:
+            self.error(path, f"{name!r} is defined twice (first at {seen[name]})")
+        else:
+            seen[name] = path
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__
+
+
+def load(variables: Mapping[str, Any]) -> Config:
+    """Validate the `vpbx_*` variables and return the typed configuration."""
+    check = _Checker()
+    for key in variables:
+        if key.startswith("vpbx_") and key not in CONTRACT_KEYS:
+            check.error(key, f"unknown variable (the contract has: {', '.join(CONTRACT_KEYS)})")
+    for key in REQUIRED_KEYS:
+        if key not in variables:
+            check.error(key, "is required")
+
+    country = variables.get("vpbx_default_country", "")
+    if not (isinstance(country, str) and is_valid_region(country)):
+        if "vpbx_default_country" in variables:
+            check.error("vpbx_default_country", f"{country!r} is not a region code like SK or CZ")
+        raise InventoryError(check.errors)
+
+    sip_listen = None
+    if "vpbx_sip_listen" in variables:
+        sip_listen = check.host_port("vpbx_sip_listen", variables["vpbx_sip_listen"])
+    trunks = _trunks(check, variables.get("vpbx_trunks"))
+    lists = _number_lists(check, variables.get("vpbx_number_lists"), country)
+    extensions = _extensions(check, variables.get("vpbx_extensions"))
+    schemes = _schemes(check, variables.get("vpbx_routing_schemes"), country, extensions)
+    numbers = _numbers(check, variables.get("vpbx_numbers"), country, lists, schemes)
+
+    if check.errors:
+        raise InventoryError(check.errors)
+    return Config(
+        default_country=country,
+        sip_listen=sip_listen,
+        trunks=trunks,
+        number_lists=lists,
+        extensions=extensions,
+        routing_schemes=schemes,
+        numbers=numbers,
+    )
+
+
+def _trunks(check: _Checker, value: Any) -> tuple[Trunk, ...]:
+    trunks, names = [], {}
+    claimed: list[tuple[netaddr.IPNetwork, str]] = []
+    for i, item in enumerate(check.items("vpbx_trunks", value)):
+        path = f"vpbx_trunks[{i}]"
+        if not check.keys(path, item, ("name", "address", "inbound_sources"), ("name", "address")):
+            continue
+        name = check.text(f"{path}.name", item.get("name"))
+        check.unique(f"{path}.name", name, names)
+        address = check.host_port(f"{path}.address", item.get("address"))
+        sources = []
+        for j, cidr in enumerate(check.items(f"{path}.inbound_sources", item.get("inbound_sources"))):
+            spath = f"{path}.inbound_sources[{j}]"
+            try:
+                network = netaddr.IPNetwork(str(cidr), flags=netaddr.NOHOST)
+            except (netaddr.AddrFormatError, ValueError, TypeError):
+                check.error(spath, f"{cidr!r} is not a CIDR like 192.0.2.0/24")
+                continue
+            if network.ip != netaddr.IPNetwork(str(cidr)).ip:
+                check.error(spath, f"{cidr!r} has host bits set (did you mean {network.cidr}?)")
+                continue
+            for other, where in claimed:
+                if network in other or other in network:
+                    why = ("repeats a source of the same trunk" if where.startswith(f"{path}.")
+                           else "a source must belong to one trunk only")
+                    check.error(spath, f"{cidr} overlaps {other} at {where}: {why}")
+            claimed.append((network, spath))
+            sources.append(str(network.cidr))
+        if name and address:
+            trunks.append(Trunk(name, address, tuple(sources)))
+    if value is not None and not trunks and not check.errors:
+        check.error("vpbx_trunks", "at least one trunk is needed")
+    return tuple(trunks)
+
+
+def _number_lists(check: _Checker, value: Any, country: str) -> dict[str, frozenset[str]]:
+    lists, names = {}, {}
+    for i, item in enumerate(check.items("vpbx_number_lists", value)):
+        path = f"vpbx_number_lists[{i}]"
+        if not check.keys(path, item, ("name", "numbers"), ("name", "numbers")):
+            continue
+        name = check.text(f"{path}.name", item.get("name"))
+        check.unique(f"{path}.name", name, names)
+        numbers = set()
+        for j, raw in enumerate(check.items(f"{path}.numbers", item.get("numbers"))):
+            e164 = check.number(f"{path}.numbers[{j}]", raw, country)
+            if e164:
+                numbers.add(e164)
+        if name:
+            lists[name] = frozenset(numbers)
+    return lists
+
+
+def _extensions(check: _Checker, value: Any) -> dict[str, str]:
+    extensions, seen = {}, {}
+    for i, item in enumerate(check.items("vpbx_extensions", value)):
+        path = f"vpbx_extensions[{i}]"
+        if not check.keys(path, item, ("number", "password"), ("number", "password")):
+            continue
+        number = str(item.get("number", "")).strip()
+        if not (number.isdigit() and 2 <= len(number) <= 6):
+            check.error(f"{path}.number", f"must be 2 to 6 digits, got {item.get('number')!r}")
+            number = None
+        check.unique(f"{path}.number", number, seen)
+        password = check.text(f"{path}.password", item.get("password"))
+        if number and password:
+            extensions[number] = password
+    return extensions
+
+
+def _schemes(
+    check: _Checker, value: Any, country: str, extensions: Mapping[str, str]
+) -> dict[str, tuple[Step, ...]]:
+    schemes, names = {}, {}
+    for i, item in enumerate(check.items("vpbx_routing_schemes", value)):
+        path = f"vpbx_routing_schemes[{i}]"
+        if not check.keys(path, item, ("name", "steps"), ("name", "steps")):
+            continue
+        name = check.text(f"{path}.name", item.get("name"))
+        check.unique(f"{path}.name", name, names)
+        raw_steps = check.items(f"{path}.steps", item.get("steps"))
+        if "steps" in item and not raw_steps:
+            check.error(f"{path}.steps", "needs at least one step")
+        steps = [_step(check, f"{path}.steps[{j}]", s, country, extensions)
+                 for j, s in enumerate(raw_steps)]
+        if name:
+            schemes[name] = tuple(s for s in steps if s is not None)
+    return schemes
+
+
+def _step(
+    check: _Checker, path: str, item: Any, country: str, extensions: Mapping[str, str]
+) -> Step | None:
+    if not isinstance(item, Mapping):
+        check.error(path, f"must be a mapping like {{reject: 480}}, got {_kind(item)}")
+        return None
+    kinds = [k for k in STEP_KINDS if k in item]
+    if len(kinds) != 1:
+        check.error(path, f"needs exactly one of {', '.join(STEP_KINDS)}; has keys {sorted(item)}")
+        return None
+    kind = kinds[0]
+    allowed = ("ring", "timeout") if kind == "ring" else (kind,)
+    if not check.keys(path, item, allowed, (kind,)):
+        return None
+    if kind == "ring":
+        targets = []
+        for j, ext in enumerate(check.items(f"{path}.ring", item["ring"])):
+            ext = str(ext)
+            if ext not in extensions:
+                check.error(f"{path}.ring[{j}]", f"no extension {ext!r} in vpbx_extensions")
+            targets.append(ext)
+        if not targets:
+            check.error(f"{path}.ring", "needs at least one extension")
+            return None
+        timeout = check.integer(f"{path}.timeout", item.get("timeout", DEFAULT_RING_TIMEOUT), 1, 600)
+        return RingStep(tuple(targets), timeout or DEFAULT_RING_TIMEOUT)
+    if kind == "forward":
+        number = check.number(f"{path}.forward", item["forward"], country)
+        return ForwardStep(number) if number else None
+    code = check.integer(f"{path}.reject", item["reject"], 400, 699)
+    return RejectStep(code) if code else None
+
+
+CALLBACK_KEYS = tuple(f for f in Callback.__dataclass_fields__)
+
+
+def _numbers(
+    check: _Checker,
+    value: Any,
+    country: str,
+    lists: Mapping[str, frozenset[str]],
+    schemes: Mapping[str, tuple[Step, ...]],
+) -> dict[str, Did]:
+    numbers, seen = {}, {}
+    for i, item in enumerate(check.items("vpbx_numbers", value)):
+        path = f"vpbx_numbers[{i}]"
+        if not check.keys(path, item, ("number", "routing", "callback"), ("number", "routing")):
+            continue
+        number = check.number(f"{path}.number", item.get("number"), country)
+        check.unique(f"{path}.number", number, seen)
+        routing = check.text(f"{path}.routing", item.get("routing"))
+        if routing and routing not in schemes:
+            check.error(f"{path}.routing", f"no routing scheme named {routing!r} in "
+                        f"vpbx_routing_schemes (known: {', '.join(sorted(schemes)) or 'none'})")
+        callback = None
+        if item.get("callback") is not None:
+            callback = _callback(check, f"{path}.callback", item["callback"], country, lists)
+        if number and routing:
+            numbers[number] = Did(number, routing, callback)
+    return numbers
+
+
+def _callback(
+    check: _Checker, path: str, item: Any, country: str, lists: Mapping[str, frozenset[str]]
+) -> Callback | None:
+    if not check.keys(path, item, CALLBACK_KEYS, ("enabled",)):
+        return None
+    enabled = item.get("enabled")
+    if not isinstance(enabled, bool):
+        check.error(f"{path}.enabled", f"must be true or false, got {enabled!r}")
+    name = item.get("list")
+    if name is not None and name not in lists:
+        check.error(f"{path}.list", f"no number list named {name!r} in vpbx_number_lists "
+                    f"(known: {', '.join(sorted(lists)) or 'none'})")
+    elif enabled and name is None:
+        check.error(f"{path}.list", "is required when callback is enabled")
+    for flag in ("record",):
+        if not isinstance(item.get(flag, False), bool):
+            check.error(f"{path}.{flag}", f"must be true or false, got {item[flag]!r}")
+    language = item.get("language", "sk")
+    if language not in LANGUAGES:
+        check.error(f"{path}.language", f"must be one of {', '.join(LANGUAGES)}, got {language!r}")
+    prefixes = []
+    for j, prefix in enumerate(check.items(f"{path}.allowed_prefixes",
+                                           item.get("allowed_prefixes"))):
+        text = str(prefix)
+        if not (text.startswith("+") and text[1:].isdigit()):
+            check.error(f"{path}.allowed_prefixes[{j}]", f"must be like +421, got {prefix!r}")
+        prefixes.append(text)
+    denied = []
+    for j, kind in enumerate(check.items(f"{path}.denied_types",
+                                         item.get("denied_types", list(DEFAULT_DENIED_TYPES)))):
+        if kind not in NUMBER_TYPES:
+            check.error(f"{path}.denied_types[{j}]",
+                        f"unknown number type {kind!r} (known: {', '.join(NUMBER_TYPES)})")
+        denied.append(kind)
+    ints = {
+        "reject_code": (DEFAULT_CALLBACK_REJECT, 400, 699),
+        "ring_timeout": (DEFAULT_RING_TIMEOUT, 5, 120),
+        "retries": (1, 0, 5),
+        "retry_interval": (30, 1, 600),
+        "inter_digit_timeout": (5, 1, 30),
+        "max_digits": (15, 3, 15),
+        "attempts": (3, 1, 5),
+    }
+    values = {k: check.integer(f"{path}.{k}", item.get(k, d), lo, hi)
+              for k, (d, lo, hi) in ints.items()}
+    delay = item.get("delay", 1.0)
+    if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= 60:
+        check.error(f"{path}.delay", f"must be seconds from 0 to 60, got {delay!r}")
+    prompt = item.get("prompt")
+    if prompt is not None:
+        check.text(f"{path}.prompt", prompt)
+    if None in values.values():
+        return None
+    return Callback(
+        enabled=bool(enabled),
+        list=name,
+        record=bool(item.get("record", False)),
+        delay=float(delay) if isinstance(delay, int | float) else 1.0,
+        language=language,
+        prompt=prompt,
+        allowed_prefixes=tuple(prefixes) or (country_code_prefix(country),),
+        denied_types=tuple(denied),
+        **values,
+    )
+
+
+def dump(config: Config) -> dict[str, Any]:
+    """The contract's variables with every number in E.164: what the services load."""
+
+    def step(s: Step) -> dict[str, Any]:
+        if isinstance(s, RingStep):
+            return {"ring": list(s.extensions), "timeout": s.timeout}
+        if isinstance(s, ForwardStep):
+            return {"forward": s.number}
+        return {"reject": s.code}
+
+    def did(d: Did) -> dict[str, Any]:
+        out: dict[str, Any] = {"number": d.number, "routing": d.routing}
+        if d.callback is not None:
+            cb = {k: getattr(d.callback, k) for k in CALLBACK_KEYS}
+            cb["allowed_prefixes"] = list(cb["allowed_prefixes"])
+            cb["denied_types"] = list(cb["denied_types"])
+            out["callback"] = {k: v for k, v in cb.items() if v is not None}
+        return out
+
+    return {
+        "vpbx_default_country": config.default_country,
+        "vpbx_sip_listen": str(config.sip_listen),
+        "vpbx_trunks": [
+            {"name": t.name, "address": str(t.address), "inbound_sources": list(t.inbound_sources)}
+            for t in config.trunks
+        ],
+        "vpbx_number_lists": [
+            {"name": name, "numbers": sorted(numbers)}
+            for name, numbers in config.number_lists.items()
+        ],
+        "vpbx_extensions": [
+            {"number": n, "password": p} for n, p in config.extensions.items()
+        ],
+        "vpbx_routing_schemes": [
+            {"name": name, "steps": [step(s) for s in steps]}
+            for name, steps in config.routing_schemes.items()
+        ],
+        "vpbx_numbers": [did(d) for d in config.numbers.values()],
+    }

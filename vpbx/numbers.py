@@ -1,0 +1,52 @@
+"""Telephone numbers in E.164, the one form every comparison uses."""
+
+import phonenumbers
+
+E164 = phonenumbers.PhoneNumberFormat.E164
+# Separators people type in numbers; phonenumbers ignores them, SIP users carry them.
+_VISUAL = str.maketrans("", "", " -./()")
+
+
+class InvalidNumber(ValueError):
+    """A string that is not a possible telephone number."""
+
+
+def to_e164(raw: str, country: str) -> str:
+    """Return `raw` as E.164 (`+421905123456`), national forms read for `country`.
+
+    Raises InvalidNumber when the string does not parse or cannot be a number
+    of its region (too short, too long).
+    """
+    text = str(raw).strip()
+    if text.startswith("tel:"):
+        text = text[4:]
+    text = text.split(";", 1)[0].translate(_VISUAL)
+    if not text or not all(c.isdigit() for c in text.lstrip("+")):
+        raise InvalidNumber(f"{raw!r} is not a telephone number")
+    try:
+        parsed = phonenumbers.parse(text, country)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidNumber(f"{raw!r} is not a telephone number ({exc})") from None
+    if not phonenumbers.is_possible_number(parsed):
+        raise InvalidNumber(f"{raw!r} is not a possible number for {country}")
+    return phonenumbers.format_number(parsed, E164)
+
+
+def normalize(raw: str | None, country: str) -> str | None:
+    """E.164 form of `raw`, or None for anything that is not a number (anonymous, garbage)."""
+    if not raw:
+        return None
+    try:
+        return to_e164(raw, country)
+    except InvalidNumber:
+        return None
+
+
+def is_valid_region(country: str) -> bool:
+    """True for a two-letter region phonenumbers knows (SK, CZ, ...)."""
+    return country in phonenumbers.SUPPORTED_REGIONS
+
+
+def country_code_prefix(country: str) -> str:
+    """The `+CC` prefix of a region: `+421` for SK."""
+    return f"+{phonenumbers.country_code_for_region(country)}"
