@@ -165,7 +165,7 @@ class _Checker:
             self.error(path, f"must be a telephone number as a string, got {value!r}")
             return None
         try:
-            return to_e164(str(value), country)
+            return to_e164(str(value), country, strict=True)
         except InvalidNumber as exc:
             self.error(path, str(exc))
             return None

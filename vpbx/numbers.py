@@ -11,11 +11,13 @@ class InvalidNumber(ValueError):
     """A string that is not a possible telephone number."""
 
 
-def to_e164(raw: str, country: str) -> str:
+def to_e164(raw: str, country: str, strict: bool = False) -> str:
     """Return `raw` as E.164 (`+421905123456`), national forms read for `country`.
 
     Raises InvalidNumber when the string does not parse or cannot be a number
-    of its region (too short, too long).
+    of its region (too short, too long). `strict` also requires a number the
+    numbering plan assigns (libphonenumber's metadata): what an admin types
+    into the inventory is held to that, to catch typos.
     """
     text = str(raw).strip()
     if text.startswith("tel:"):
@@ -29,6 +31,8 @@ def to_e164(raw: str, country: str) -> str:
         raise InvalidNumber(f"{raw!r} is not a telephone number ({exc})") from None
     if not phonenumbers.is_possible_number(parsed):
         raise InvalidNumber(f"{raw!r} is not a possible number for {country}")
+    if strict and not phonenumbers.is_valid_number(parsed):
+        raise InvalidNumber(f"{raw!r} is not a valid number in its numbering plan")
     return phonenumbers.format_number(parsed, E164)
 
 

@@ -1,0 +1,30 @@
+#!/usr/bin/python
+# The work is done by the action plugin of the same name on the controller;
+# this file documents it for ansible-doc and ansible-lint.
+
+DOCUMENTATION = r"""
+---
+module: vpbx_inventory
+short_description: Validate the vPBX inventory contract and publish it normalized
+description:
+  - Reads every C(vpbx_*) variable of the host, validates it with C(vpbx.model)
+    (types, numbers for C(vpbx_default_country), trunk CIDRs, references between
+    lists, schemes and DIDs, unknown keys) and fails listing every error, each
+    naming the file, the key path and the offending value.
+  - On success sets the fact C(vpbx_config), the contract with every number in E.164.
+  - Runs on the controller only; changes nothing on any host.
+options: {}
+author: vPBX CallBack
+"""
+
+EXAMPLES = r"""
+- name: Validate the inventory before touching any host
+  vpbx_inventory:
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: C(vpbx_config), the normalized contract.
+  returned: success
+  type: dict
+"""

@@ -1,0 +1,77 @@
+"""Every notation of a number comes out as one E.164 string; anything else is not a number."""
+
+import re
+
+import pytest
+
+from vpbx.numbers import InvalidNumber, normalize, to_e164
+
+MOBILE = "+421905123456"
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "+421905123456",
+        "00421905123456",
+        "0905 123 456",
+        "0905-123-456",
+        "0905/123 456",
+        "(0905) 123456",
+        "421905123456",
+        "tel:+421905123456",
+        " +421905123456 ",
+    ],
+)
+def test_a_slovak_number_in_any_notation_is_one_e164_number(written):
+    assert to_e164(written, "SK") == MOBILE
+
+
+def test_normalize_gives_the_e164_form_of_a_number():
+    assert normalize("0905 123 456", "SK") == MOBILE
+
+
+def test_a_foreign_number_with_plus_keeps_its_own_country():
+    assert to_e164("+420601123456", "SK") == "+420601123456"
+
+
+def test_a_national_number_is_read_for_the_default_country():
+    assert to_e164("601 123 456", "CZ") == "+420601123456"
+
+
+def test_the_same_national_digits_are_another_number_in_another_country():
+    assert to_e164("601 123 456", "SK") == "+421601123456"
+
+
+INVALID = [
+    pytest.param("", id="empty"),
+    pytest.param("abc", id="letters"),
+    pytest.param("12", id="too-short"),
+    pytest.param("+1", id="country-code-only"),
+    pytest.param(
+        "0905 12",
+        id="truncated-mobile",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="BUG vpbx/numbers.py:30: is_possible_number keeps the trunk prefix '0' "
+            "and accepts '0905 12' as '+421090512'",
+        ),
+    ),
+    pytest.param("anonymous", id="anonymous"),
+    pytest.param(None, id="none"),
+]
+
+
+@pytest.mark.parametrize("raw", INVALID)
+def test_normalize_returns_none_for_what_is_not_a_number(raw):
+    assert normalize(raw, "SK") is None
+
+
+@pytest.mark.parametrize("raw", INVALID)
+def test_to_e164_refuses_what_is_not_a_number_and_names_the_input(raw):
+    with pytest.raises(InvalidNumber, match=re.escape(repr(raw))):
+        to_e164(raw, "SK")
+
+
+def test_an_invalid_number_is_a_value_error_for_callers_that_catch_those():
+    assert issubclass(InvalidNumber, ValueError)
