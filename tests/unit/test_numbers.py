@@ -53,8 +53,8 @@ INVALID = [
         id="truncated-mobile",
         marks=pytest.mark.xfail(
             strict=True,
-            reason="BUG vpbx/numbers.py:30: is_possible_number keeps the trunk prefix '0' "
-            "and accepts '0905 12' as '+421090512'",
+            reason="BUG vpbx/numbers.py:32: without strict, is_possible_number keeps the trunk "
+            "prefix '0' and accepts '0905 12' as '+421090512'",
         ),
     ),
     pytest.param("anonymous", id="anonymous"),
@@ -75,3 +75,17 @@ def test_to_e164_refuses_what_is_not_a_number_and_names_the_input(raw):
 
 def test_an_invalid_number_is_a_value_error_for_callers_that_catch_those():
     assert issubclass(InvalidNumber, ValueError)
+
+
+def test_strict_accepts_a_number_the_numbering_plan_assigns():
+    assert to_e164("0905 123 456", "SK", strict=True) == MOBILE
+
+
+def test_strict_refuses_a_possible_number_the_plan_does_not_assign_and_names_it():
+    with pytest.raises(InvalidNumber, match=re.escape("'0905 12'")):
+        to_e164("0905 12", "SK", strict=True)
+
+
+def test_strict_refuses_national_digits_that_are_no_number_in_the_default_country():
+    with pytest.raises(InvalidNumber, match=re.escape("'0905 123 456'")):
+        to_e164("0905 123 456", "CZ", strict=True)

@@ -1,0 +1,307 @@
+"""vPBX CallBack's SIP router: Kamailio KEMI script (app_python3).
+
+Rules of the road:
+- Kamailio calls `mod_init()` once, then the methods of the object it returns:
+  `ksr_request_route` for every request, and the event handlers named in
+  `t_on_failure` / `t_on_reply` / `t_on_branch` (constants below).
+- Returning -255 from a route step means "stop": a reply was sent or the
+  request was dropped. 1 means "go on".
+- The decision (callback trigger, routing step, reject) is `vpbx.decide`, a
+  pure function; this script only reads the message, asks it, and acts.
+- Routing data is `routing.json` beside this script, rendered by Ansible from
+  the inventory; `kamcmd app_python.reload` re-runs `mod_init()` in every
+  worker, which is how a changed list applies without a restart.
+"""
+
+import json
+import site
+import sys
+from pathlib import Path
+
+import KSR
+
+HERE = Path(__file__).resolve().parent
+ROUTING_FILE = HERE / "routing.json"
+PYTHONPATH_FILE = HERE / "pythonpath"
+
+STOP = -255
+GO_ON = 1
+
+# Names Kamailio calls back by; each is a method of VpbxRouter.
+FAILURE_ROUTE = "ksr_failure_manage"
+ONREPLY_ROUTE = "ksr_onreply_manage"
+BRANCH_ROUTE = "ksr_branch_manage"
+
+# What rtpengine does to every SDP it sees: media anchored on the relay.
+RTPENGINE_FLAGS = "replace-origin replace-session-connection ICE=remove"
+
+# Transaction AVPs that carry the routing scheme across failure routes.
+AVP_DID = "$avp(vpbx_did)"
+AVP_STEP = "$avp(vpbx_step)"
+REGSRC_TABLE = "vpbx_regsrc"
+# pv_auth_check results worth a fresh challenge: nonce expired, no credentials.
+AUTH_RECHALLENGE = (-4, -5)
+LOCATION = "location"
+LOG_PREFIX = "vpbx: "
+
+
+def _use_runtime() -> None:
+    """Put the vpbx runtime virtualenv on sys.path: this interpreter is Debian's."""
+    for line in PYTHONPATH_FILE.read_text().split():
+        if line not in sys.path:
+            site.addsitedir(line)
+
+
+def mod_init():
+    _use_runtime()
+    from vpbx import decide, model
+
+    with ROUTING_FILE.open() as f:
+        config = model.load(json.load(f))
+    router = VpbxRouter(decide, model, decide.Router(config))
+    KSR.info(f"{LOG_PREFIX}routing loaded: {len(config.numbers)} DIDs, "
+             f"{sum(len(v) for v in config.number_lists.values())} listed numbers\n")
+    return router
+
+
+class VpbxRouter:
+    def __init__(self, decide, model, router):
+        self.decide = decide
+        self.model = model
+        self.router = router
+        self.config = router.config
+        self.realm = router.config.sip_listen.host
+
+    def child_init(self, rank):
+        return 0
+
+    # -- request route -----------------------------------------------------
+
+    def ksr_request_route(self, msg):
+        # Sanity, loops, scanners.
+        if self.ksr_route_reqinit() == STOP:
+            return 1
+        # CANCEL goes where its INVITE went, or nowhere.
+        if KSR.is_CANCEL():
+            if KSR.tm.t_check_trans() > 0:
+                self.ksr_route_relay()
+            return 1
+        # Requests inside an established dialog follow the Route set.
+        if self.ksr_route_withindlg() == STOP:
+            return 1
+        KSR.tm.t_check_trans()
+        # Phones register with digest authentication.
+        if KSR.is_REGISTER():
+            self.ksr_route_registrar()
+            return 1
+        if KSR.is_OPTIONS() and KSR.is_myself_ruri() and not KSR.pv.get("$rU"):
+            KSR.sl.sl_send_reply(200, "OK")
+            return 1
+        if not KSR.is_INVITE():
+            KSR.sl.sl_send_reply(405, "Method Not Allowed")
+            return 1
+        # Who is calling: a trunk (trusted caller ID), an extension, or nobody we know.
+        origin = self.ksr_route_origin()
+        if origin is None:
+            return 1
+        # The decision, then the action.
+        self.ksr_route_decide(origin)
+        return 1
+
+    def ksr_route_reqinit(self):
+        if KSR.maxfwd.process_maxfwd(10) < 0:
+            KSR.sl.sl_send_reply(483, "Too Many Hops")
+            return STOP
+        if KSR.sanity.sanity_check(1511, 7) < 0:
+            KSR.info(f"{LOG_PREFIX}malformed request from {KSR.pv.get('$si')} dropped\n")
+            return STOP
+        # Retransmissions are absorbed by the transaction they belong to.
+        if not KSR.is_ACK():
+            if KSR.tmx.t_precheck_trans() > 0:
+                KSR.tm.t_check_trans()
+                return STOP
+            if KSR.tm.t_check_trans() == 0:
+                return STOP
+        return GO_ON
+
+    def ksr_route_withindlg(self):
+        if KSR.siputils.has_totag() < 0:
+            return GO_ON
+        if KSR.rr.loose_route() > 0:
+            if KSR.is_BYE():
+                KSR.rtpengine.rtpengine_delete0()
+            self.ksr_route_relay()
+            return STOP
+        if KSR.is_ACK():
+            if KSR.tm.t_check_trans() > 0:
+                self.ksr_route_relay()
+            return STOP
+        KSR.sl.sl_send_reply(404, "Not Here")
+        return STOP
+
+    def ksr_route_registrar(self):
+        user = KSR.pv.get("$au")
+        password = self.config.extensions.get(user) if user else None
+        if password is None:
+            if user:
+                KSR.info(f"{LOG_PREFIX}REGISTER for unknown extension {user} from {KSR.pv.get('$si')}\n")
+                KSR.sl.sl_send_reply(403, "Forbidden")
+                return STOP
+            KSR.auth.auth_challenge(self.realm, 0)
+            return STOP
+        rc = KSR.auth.pv_auth_check(self.realm, password, 0, 1)
+        if rc < 0:
+            if rc in AUTH_RECHALLENGE:
+                KSR.auth.auth_challenge(self.realm, 0)
+            else:
+                KSR.sl.sl_send_reply(403, "Forbidden")
+            return STOP
+        KSR.auth.consume_credentials()
+        if KSR.registrar.save(LOCATION, 0) < 0:
+            KSR.sl.sl_reply_error()
+            return STOP
+        KSR.htable.sht_sets(REGSRC_TABLE, KSR.pv.get("$si"), user)
+        return STOP
+
+    def ksr_route_origin(self):
+        source = KSR.pv.get("$si")
+        trunk = self.router.trunk_for(source)
+        if trunk is not None:
+            return self.decide.FromTrunk(trunk)
+        user = KSR.pv.get("$au")
+        if not user:
+            # Only addresses that registered are worth a challenge.
+            if KSR.htable.sht_get(REGSRC_TABLE, source) is None:
+                return self.decide.FromStranger()
+            KSR.auth.auth_challenge(self.realm, 0)
+            return None
+        password = self.config.extensions.get(user)
+        if password is None or KSR.auth.pv_auth_check(self.realm, password, 0, 1) < 0:
+            return self.decide.FromStranger()
+        KSR.auth.consume_credentials()
+        return self.decide.FromExtension(user)
+
+    def ksr_route_decide(self, origin):
+        # The carrier asserts the caller in P-Asserted-Identity, or else in From.
+        caller = KSR.pv.get("$fU")
+        if isinstance(origin, self.decide.FromTrunk) and KSR.hdr.is_present("P-Asserted-Identity") > 0:
+            caller = KSR.pv.get("$(ai{uri.user})") or caller
+        did = KSR.pv.get("$rU")
+        action = self.router.decide(origin, did, caller)
+        KSR.info(f"{LOG_PREFIX}decision: from={KSR.pv.get('$si')} origin={_origin_text(origin)} "
+                 f"caller={caller} ruri={did} -> {_action_text(action)}\n")
+        d = self.decide
+        if isinstance(action, d.Reject):
+            KSR.sl.sl_send_reply(action.code, action.reason)
+        elif isinstance(action, d.TriggerCallback):
+            self.ksr_route_callback(action)
+        elif isinstance(action, d.RingExtension):
+            self.ksr_route_ring_extension(action.extension)
+        else:
+            KSR.tm.t_newtran()
+            KSR.pv.sets(AVP_DID, action.did)
+            self.ksr_route_scheme_step(action.did, 0)
+
+    def ksr_route_callback(self, action):
+        # The hand-off point to the callback engine: never answered, so the
+        # employee's call costs nothing.
+        KSR.sl.sl_send_reply(action.reply_code, "Call Back Follows")
+
+    def ksr_route_ring_extension(self, extension):
+        KSR.tm.t_newtran()
+        if not self.lookup_extensions((extension,)):
+            KSR.tm.t_reply(480, "Temporarily Unavailable")
+            return
+        self.ksr_route_relay()
+
+    # -- routing scheme ------------------------------------------------------
+
+    def ksr_route_scheme_step(self, did, index):
+        """Try the DID's steps from `index` until one is relayed or ends the call."""
+        steps = self.router.config.routing_schemes[self.config.numbers[did].routing]
+        while index < len(steps):
+            step = steps[index]
+            KSR.pv.seti(AVP_STEP, index)
+            if isinstance(step, self.model.RejectStep):
+                KSR.tm.t_reply(step.code, "Rejected By Routing")
+                return
+            if isinstance(step, self.model.RingStep):
+                if self.lookup_extensions(step.extensions):
+                    ms = step.timeout * 1000
+                    KSR.tm.t_set_fr(ms, ms)
+                    KSR.tm.t_on_failure(FAILURE_ROUTE)
+                    self.ksr_route_relay()
+                    return
+                KSR.info(f"{LOG_PREFIX}step {index}: none of {','.join(step.extensions)} registered\n")
+            else:
+                trunk = self.config.trunks[0]
+                KSR.corex.resetdsturi()
+                KSR.setruri(f"sip:{step.number}@{trunk.address}")
+                KSR.tm.t_on_failure(FAILURE_ROUTE)
+                self.ksr_route_relay()
+                return
+            index += 1
+        KSR.tm.t_reply(480, "Temporarily Unavailable")
+
+    def lookup_extensions(self, extensions):
+        """Put every registered contact of `extensions` in the destination set."""
+        found = False
+        KSR.corex.resetdsturi()
+        for ext in extensions:
+            aor = f"sip:{ext}@{self.realm}"
+            # The first registered extension takes the R-URI, the others become branches.
+            if found:
+                KSR.registrar.lookup_to_dset(LOCATION, aor)
+            else:
+                found = KSR.registrar.lookup_uri(LOCATION, aor) > 0
+        return found
+
+    def ksr_route_relay(self):
+        if KSR.is_INVITE():
+            KSR.rr.record_route()
+            KSR.tm.t_on_branch(BRANCH_ROUTE)
+            KSR.tm.t_on_reply(ONREPLY_ROUTE)
+        if KSR.tm.t_relay() < 0:
+            KSR.sl.sl_reply_error()
+        return STOP
+
+    # -- event routes ----------------------------------------------------------
+
+    def ksr_branch_manage(self, msg):
+        if KSR.textops.has_body_type("application/sdp") > 0:
+            KSR.rtpengine.rtpengine_manage(RTPENGINE_FLAGS)
+        return 1
+
+    def ksr_onreply_manage(self, msg):
+        if KSR.textops.has_body_type("application/sdp") > 0:
+            KSR.rtpengine.rtpengine_manage(RTPENGINE_FLAGS)
+        return 1
+
+    def ksr_failure_manage(self, msg):
+        if KSR.tm.t_is_canceled() > 0:
+            KSR.rtpengine.rtpengine_delete0()
+            return 1
+        did = KSR.pv.get(AVP_DID)
+        step = KSR.pv.get(AVP_STEP)
+        if did is None or step is None or did not in self.config.numbers:
+            KSR.rtpengine.rtpengine_delete0()
+            return 1
+        code = KSR.pv.get("$T_reply_code")
+        KSR.info(f"{LOG_PREFIX}step {step} of {did} failed with {code}, next step\n")
+        steps = self.config.routing_schemes[self.config.numbers[did].routing]
+        if int(step) + 1 >= len(steps):
+            KSR.rtpengine.rtpengine_delete0()
+            return 1
+        self.ksr_route_scheme_step(did, int(step) + 1)
+        return 1
+
+
+def _origin_text(origin) -> str:
+    name = type(origin).__name__
+    detail = getattr(origin, "trunk", None) or getattr(origin, "number", None)
+    return f"{name}({detail})" if detail else name
+
+
+def _action_text(action) -> str:
+    fields = ", ".join(f"{k}={v}" for k, v in vars(action).items() if k != "steps")
+    return f"{type(action).__name__}({fields})"

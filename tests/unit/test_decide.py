@@ -1,0 +1,209 @@
+"""The per-INVITE decision table: who calls, which number, and what the PBX does."""
+
+import pytest
+
+from vpbx.decide import (
+    FromExtension,
+    FromStranger,
+    FromTrunk,
+    Reject,
+    RingExtension,
+    Router,
+    RouteScheme,
+    TriggerCallback,
+)
+from vpbx.model import ForwardStep, RejectStep, RingStep, load
+
+CALLBACK_DID = "+421233000111"  # callback on, default reply code
+STRICT_DID = "+421233000333"  # callback on, reply code 603
+CLOSED_DID = "+421233000222"  # callback section present but disabled
+PLAIN_DID = "+421233000444"  # no callback section at all
+LISTED = "+421905111222"
+LISTED_NATIONALLY = "+421905333444"  # written "0905 333 444" in the list
+UNLISTED = "+421905999000"
+
+OFFICE = (RingStep(("100", "101"), 5), ForwardStep("+421233999888"))
+CLOSED = (RejectStep(480),)
+
+CARRIER = FromTrunk("carrier")
+PHONE = FromExtension("100")
+STRANGER = FromStranger()
+
+
+@pytest.fixture(scope="module")
+def router() -> Router:
+    return Router(
+        load(
+            {
+                "vpbx_default_country": "SK",
+                "vpbx_sip_listen": "127.0.0.1:5060",
+                "vpbx_trunks": [
+                    {
+                        "name": "carrier",
+                        "address": "127.0.0.5:5080",
+                        "inbound_sources": ["127.0.0.5/32", "2001:db8:5::/48"],
+                    },
+                    {"name": "backup", "address": "192.0.2.10:5060", "inbound_sources": ["192.0.2.0/24"]},
+                ],
+                "vpbx_number_lists": [{"name": "sales-mobiles", "numbers": [LISTED, "0905 333 444"]}],
+                "vpbx_extensions": [
+                    {"number": "100", "password": "secret-100"},
+                    {"number": "101", "password": "secret-101"},
+                ],
+                "vpbx_routing_schemes": [
+                    {
+                        "name": "office",
+                        "steps": [{"ring": ["100", "101"], "timeout": 5}, {"forward": "+421233999888"}],
+                    },
+                    {"name": "closed", "steps": [{"reject": 480}]},
+                ],
+                "vpbx_numbers": [
+                    {
+                        "number": CALLBACK_DID,
+                        "routing": "office",
+                        "callback": {"enabled": True, "list": "sales-mobiles"},
+                    },
+                    {
+                        "number": STRICT_DID,
+                        "routing": "office",
+                        "callback": {"enabled": True, "list": "sales-mobiles", "reject_code": 603},
+                    },
+                    {
+                        "number": CLOSED_DID,
+                        "routing": "closed",
+                        "callback": {"enabled": False, "list": "sales-mobiles"},
+                    },
+                    {"number": PLAIN_DID, "routing": "office"},
+                ],
+            }
+        )
+    )
+
+
+# --- 1. who may call at all -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ruri", "caller"),
+    [
+        (CALLBACK_DID, LISTED),
+        (CALLBACK_DID, UNLISTED),
+        (PLAIN_DID, None),
+        ("100", LISTED),
+        ("+421999999999", "anonymous"),
+        (None, None),
+    ],
+)
+def test_a_stranger_is_forbidden_whatever_it_dials(router, ruri, caller):
+    assert router.decide(STRANGER, ruri, caller) == Reject(403, "Forbidden")
+
+
+# --- 2. a listed caller on a callback DID triggers the callback ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "caller",
+    ["+421905111222", "00421905111222", "0905 111 222", "0905-111-222", "421905111222", "tel:+421905111222"],
+)
+def test_a_listed_caller_from_the_trunk_triggers_the_callback_in_any_notation(router, caller):
+    assert router.decide(CARRIER, CALLBACK_DID, caller) == TriggerCallback(CALLBACK_DID, LISTED, 486)
+
+
+def test_a_number_written_nationally_in_the_list_is_matched_by_its_e164_caller(router):
+    action = router.decide(CARRIER, CALLBACK_DID, LISTED_NATIONALLY)
+    assert action == TriggerCallback(CALLBACK_DID, LISTED_NATIONALLY, 486)
+
+
+def test_the_trigger_call_is_refused_with_the_dids_configured_code(router):
+    assert router.decide(CARRIER, STRICT_DID, LISTED).reply_code == 603
+
+
+def test_any_trunk_is_trusted_for_caller_id(router):
+    action = router.decide(FromTrunk("backup"), CALLBACK_DID, LISTED)
+    assert isinstance(action, TriggerCallback)
+
+
+# --- 3. everything else on a DID runs its routing scheme ----------------------------------------------
+
+
+def test_an_unlisted_caller_from_the_trunk_is_routed_by_the_scheme(router):
+    assert router.decide(CARRIER, CALLBACK_DID, UNLISTED) == RouteScheme(CALLBACK_DID, "office", OFFICE)
+
+
+def test_a_listed_caller_on_a_did_with_callback_disabled_is_routed_by_the_scheme(router):
+    assert router.decide(CARRIER, CLOSED_DID, LISTED) == RouteScheme(CLOSED_DID, "closed", CLOSED)
+
+
+def test_a_listed_caller_on_a_did_without_callback_is_routed_by_the_scheme(router):
+    assert router.decide(CARRIER, PLAIN_DID, LISTED) == RouteScheme(PLAIN_DID, "office", OFFICE)
+
+
+def test_an_extension_presenting_a_listed_number_is_routed_not_called_back(router):
+    # Caller ID is trusted only from a trunk: a phone could claim any From.
+    assert router.decide(PHONE, CALLBACK_DID, LISTED) == RouteScheme(CALLBACK_DID, "office", OFFICE)
+
+
+@pytest.mark.parametrize("caller", ["anonymous", "Anonymous", "", None, "abc", "12", "+1"])
+def test_an_anonymous_or_garbage_caller_is_routed_by_the_scheme(router, caller):
+    assert router.decide(CARRIER, CALLBACK_DID, caller) == RouteScheme(CALLBACK_DID, "office", OFFICE)
+
+
+@pytest.mark.parametrize("ruri", ["0233000111", "00421233000111", "421233000111", "02 330 00111"])
+def test_a_did_dialled_in_another_notation_is_found(router, ruri):
+    assert router.decide(CARRIER, ruri, LISTED) == TriggerCallback(CALLBACK_DID, LISTED, 486)
+
+
+# --- extensions and unknown numbers ------------------------------------------------------------------
+
+
+def test_an_extension_dialling_an_extension_rings_it(router):
+    assert router.decide(PHONE, "101", None) == RingExtension("101")
+
+
+def test_the_trunk_cannot_dial_an_extension(router):
+    assert router.decide(CARRIER, "100", LISTED) == Reject(404, "Not Found")
+
+
+@pytest.mark.parametrize("origin", [CARRIER, PHONE], ids=["trunk", "extension"])
+def test_a_number_that_is_no_did_is_not_found(router, origin):
+    assert router.decide(origin, "+421233000999", LISTED) == Reject(404, "Not Found")
+
+
+def test_an_invite_without_a_request_user_is_not_found(router):
+    assert router.decide(CARRIER, None, LISTED) == Reject(404, "Not Found")
+
+
+# --- which trunk a source address belongs to ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "trunk"),
+    [
+        ("127.0.0.5", "carrier"),
+        ("192.0.2.77", "backup"),
+        ("2001:db8:5::1", "carrier"),
+        ("2001:db8:5:ffff::9", "carrier"),
+    ],
+)
+def test_a_source_inside_a_trunks_cidrs_is_that_trunk(router, source, trunk):
+    assert router.trunk_for(source) == trunk
+
+
+@pytest.mark.parametrize("source", ["127.0.0.6", "127.0.0.1", "192.0.3.1", "2001:db8:6::1", "::1"])
+def test_a_source_outside_every_cidr_is_no_trunk(router, source):
+    assert router.trunk_for(source) is None
+
+
+@pytest.mark.parametrize("source", ["", "carrier", "127.0.0.5:5080", "999.1.1.1", "127.0.0.5/32"])
+def test_a_source_that_is_no_address_is_no_trunk(router, source):
+    assert router.trunk_for(source) is None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason="BUG vpbx/decide.py:89-91: netaddr.IPAddress(None) raises TypeError, which trunk_for "
+    "does not catch",
+)
+def test_a_missing_source_is_no_trunk(router):
+    assert router.trunk_for(None) is None

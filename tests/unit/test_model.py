@@ -1,0 +1,420 @@
+"""The inventory contract: what loads, what it becomes, and how each mistake is named."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vpbx.model import (
+    Callback,
+    ForwardStep,
+    InventoryError,
+    RejectStep,
+    RingStep,
+    dump,
+    load,
+)
+
+LAB_INVENTORY = Path(__file__).resolve().parents[2] / "inventories" / "lab" / "group_vars" / "all.yml"
+
+
+@pytest.fixture
+def inventory():
+    """A valid inventory in the lab's shape, numbers written the way admins write them."""
+    return {
+        "vpbx_default_country": "SK",
+        "vpbx_sip_listen": "127.0.0.1:5060",
+        "vpbx_trunks": [
+            {"name": "carrier", "address": "127.0.0.5:5080", "inbound_sources": ["127.0.0.5/32"]},
+        ],
+        "vpbx_number_lists": [
+            {"name": "sales-mobiles", "numbers": ["+421905111222", "0905 333 444"]},
+        ],
+        "vpbx_extensions": [
+            {"number": "100", "password": "secret-100"},
+            {"number": "101", "password": "secret-101"},
+        ],
+        "vpbx_routing_schemes": [
+            {
+                "name": "office",
+                "steps": [{"ring": ["100", "101"], "timeout": 5}, {"forward": "02 339 99888"}],
+            },
+            {"name": "closed", "steps": [{"reject": 480}]},
+        ],
+        "vpbx_numbers": [
+            {
+                "number": "+421233000111",
+                "routing": "office",
+                "callback": {"enabled": True, "list": "sales-mobiles", "record": True},
+            },
+            {"number": "+421233000222", "routing": "closed"},
+        ],
+    }
+
+
+def errors_of(variables) -> list[str]:
+    """The error list of a load that must fail."""
+    with pytest.raises(InventoryError) as raised:
+        load(variables)
+    return raised.value.errors
+
+
+def assert_reported(errors: list[str], path: str, *fragments: str) -> None:
+    """Some error names exactly `path` and its message quotes every fragment."""
+    for error in errors:
+        where, _, message = error.partition(": ")
+        if where == path and all(f in message for f in fragments):
+            return
+    pytest.fail(f"no error at {path!r} mentioning {fragments!r} in:\n" + "\n".join(errors))
+
+
+# --- what loads, and what it becomes ---------------------------------------------------------------
+
+
+def test_the_lab_inventory_loads():
+    config = load(yaml.safe_load(LAB_INVENTORY.read_text()))
+    assert "+421233000111" in config.numbers
+
+
+def test_a_valid_inventory_loads(inventory):
+    config = load(inventory)
+    assert [t.name for t in config.trunks] == ["carrier"]
+
+
+def test_variables_outside_the_vpbx_namespace_are_ignored(inventory):
+    inventory["ansible_connection"] = "local"
+    load(inventory)
+
+
+def test_dump_of_a_loaded_inventory_loads_back_to_the_same_dump(inventory):
+    once = dump(load(inventory))
+    assert dump(load(once)) == once
+
+
+def test_list_numbers_come_out_in_e164(inventory):
+    config = load(inventory)
+    assert config.number_lists["sales-mobiles"] == {"+421905111222", "+421905333444"}
+
+
+def test_dids_come_out_in_e164(inventory):
+    inventory["vpbx_numbers"][1]["number"] = "02 330 00222"
+    assert set(load(inventory).numbers) == {"+421233000111", "+421233000222"}
+
+
+def test_forward_numbers_come_out_in_e164(inventory):
+    steps = load(inventory).routing_schemes["office"]
+    assert steps[1] == ForwardStep("+421233999888")
+
+
+def test_dump_writes_every_number_in_e164(inventory):
+    dumped = dump(load(inventory))
+    assert dumped["vpbx_number_lists"][0]["numbers"] == ["+421905111222", "+421905333444"]
+    assert dumped["vpbx_routing_schemes"][0]["steps"][1] == {"forward": "+421233999888"}
+
+
+def test_steps_keep_their_order_and_kind(inventory):
+    schemes = load(inventory).routing_schemes
+    steps = schemes["office"] + schemes["closed"]
+    assert steps == (RingStep(("100", "101"), 5), ForwardStep("+421233999888"), RejectStep(480))
+
+
+def test_a_did_without_callback_section_has_no_callback(inventory):
+    assert load(inventory).numbers["+421233000222"].callback is None
+
+
+# --- defaults ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def callback(inventory) -> Callback:
+    return load(inventory).numbers["+421233000111"].callback
+
+
+def test_ring_timeout_defaults_to_20_seconds(inventory):
+    inventory["vpbx_routing_schemes"][0]["steps"][0] = {"ring": ["100"]}
+    assert load(inventory).routing_schemes["office"][0] == RingStep(("100",), 20)
+
+
+def test_callback_rejects_the_trigger_call_with_486_by_default(callback):
+    assert callback.reject_code == 486
+
+
+def test_callback_allows_dialling_home_country_numbers_by_default(callback):
+    assert callback.allowed_prefixes == ("+421",)
+
+
+def test_callback_denies_premium_rate_and_shared_cost_by_default(callback):
+    assert callback.denied_types == ("premium_rate", "shared_cost")
+
+
+def test_callback_speaks_slovak_by_default(callback):
+    assert callback.language == "sk"
+
+
+def test_callback_keeps_what_the_inventory_says(callback):
+    assert (callback.enabled, callback.list, callback.record) == (True, "sales-mobiles", True)
+
+
+# --- one test per kind of mistake -------------------------------------------------------------------
+
+
+def test_an_unknown_vpbx_variable_is_reported(inventory):
+    inventory["vpbx_trunk"] = []
+    assert_reported(errors_of(inventory), "vpbx_trunk", "unknown variable")
+
+
+@pytest.mark.parametrize(
+    ("section", "index", "path"),
+    [
+        ("vpbx_trunks", 0, "vpbx_trunks[0]"),
+        ("vpbx_number_lists", 0, "vpbx_number_lists[0]"),
+        ("vpbx_extensions", 1, "vpbx_extensions[1]"),
+        ("vpbx_numbers", 1, "vpbx_numbers[1]"),
+    ],
+)
+def test_an_unknown_key_in_an_item_is_reported(inventory, section, index, path):
+    inventory[section][index]["colour"] = "blue"
+    assert_reported(errors_of(inventory), f"{path}.colour", "unknown key")
+
+
+def test_an_unknown_key_in_a_callback_is_reported(inventory):
+    inventory["vpbx_numbers"][0]["callback"]["recording"] = True
+    assert_reported(errors_of(inventory), "vpbx_numbers[0].callback.recording", "unknown key")
+
+
+@pytest.mark.parametrize(
+    "variable", ["vpbx_default_country", "vpbx_sip_listen", "vpbx_trunks", "vpbx_numbers"]
+)
+def test_a_missing_required_variable_is_reported(inventory, variable):
+    del inventory[variable]
+    assert_reported(errors_of(inventory), variable, "is required")
+
+
+@pytest.mark.parametrize(
+    ("section", "index", "key"),
+    [
+        ("vpbx_numbers", 1, "routing"),
+        ("vpbx_numbers", 1, "number"),
+        ("vpbx_trunks", 0, "address"),
+        ("vpbx_number_lists", 0, "numbers"),
+        ("vpbx_extensions", 0, "password"),
+        ("vpbx_routing_schemes", 1, "steps"),
+    ],
+)
+def test_a_missing_required_key_in_an_item_is_reported(inventory, section, index, key):
+    del inventory[section][index][key]
+    assert_reported(errors_of(inventory), f"{section}[{index}].{key}", "is required")
+
+
+def test_a_callback_without_enabled_is_reported(inventory):
+    del inventory["vpbx_numbers"][0]["callback"]["enabled"]
+    assert_reported(errors_of(inventory), "vpbx_numbers[0].callback.enabled", "is required")
+
+
+def test_a_number_that_does_not_parse_in_a_list_is_reported(inventory):
+    inventory["vpbx_number_lists"][0]["numbers"][1] = "0905 ABC 444"
+    assert_reported(errors_of(inventory), "vpbx_number_lists[0].numbers[1]", "'0905 ABC 444'")
+
+
+def test_a_list_number_the_numbering_plan_does_not_assign_is_reported(inventory):
+    inventory["vpbx_number_lists"][0]["numbers"][1] = "0905 12"
+    assert_reported(errors_of(inventory), "vpbx_number_lists[0].numbers[1]", "'0905 12'")
+
+
+def test_a_did_that_does_not_parse_is_reported(inventory):
+    inventory["vpbx_numbers"][1]["number"] = "02 330"
+    assert_reported(errors_of(inventory), "vpbx_numbers[1].number", "'02 330'")
+
+
+def test_a_forward_number_that_does_not_parse_is_reported(inventory):
+    inventory["vpbx_routing_schemes"][0]["steps"][1] = {"forward": "+421 23"}
+    assert_reported(errors_of(inventory), "vpbx_routing_schemes[0].steps[1].forward", "'+421 23'")
+
+
+def test_an_invalid_cidr_is_reported(inventory):
+    inventory["vpbx_trunks"][0]["inbound_sources"] = ["127.0.0.300/32"]
+    assert_reported(errors_of(inventory), "vpbx_trunks[0].inbound_sources[0]", "'127.0.0.300/32'")
+
+
+def test_a_cidr_with_host_bits_set_is_reported_with_the_network_meant(inventory):
+    inventory["vpbx_trunks"][0]["inbound_sources"] = ["127.0.0.5/24"]
+    assert_reported(
+        errors_of(inventory), "vpbx_trunks[0].inbound_sources[0]", "'127.0.0.5/24'", "127.0.0.0/24"
+    )
+
+
+def test_a_source_claimed_by_two_trunks_is_reported(inventory):
+    inventory["vpbx_trunks"].append(
+        {"name": "backup", "address": "127.0.0.6:5080", "inbound_sources": ["127.0.0.0/24"]}
+    )
+    assert_reported(
+        errors_of(inventory),
+        "vpbx_trunks[1].inbound_sources[0]",
+        "127.0.0.0/24",
+        "127.0.0.5/32",
+        "vpbx_trunks[0].inbound_sources[0]",
+    )
+
+
+def test_the_same_source_twice_in_one_trunk_is_reported(inventory):
+    inventory["vpbx_trunks"][0]["inbound_sources"] = ["127.0.0.5/32", "127.0.0.5/32"]
+    assert_reported(errors_of(inventory), "vpbx_trunks[0].inbound_sources[1]", "127.0.0.5/32")
+
+
+@pytest.mark.parametrize("second", ["+421233000111", "02 330 00111"], ids=["same-notation", "national"])
+def test_a_did_defined_twice_is_reported_whatever_its_notation(inventory, second):
+    inventory["vpbx_numbers"][1]["number"] = second
+    assert_reported(errors_of(inventory), "vpbx_numbers[1].number", "'+421233000111'", "vpbx_numbers[0]")
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("vpbx_trunks", "name"),
+        ("vpbx_number_lists", "name"),
+        ("vpbx_routing_schemes", "name"),
+        ("vpbx_extensions", "number"),
+    ],
+)
+def test_a_name_defined_twice_is_reported(inventory, section, key):
+    first = inventory[section][0]
+    twin = {**first, "inbound_sources": ["127.0.0.6/32"]} if section == "vpbx_trunks" else dict(first)
+    inventory[section].append(twin)
+    index = len(inventory[section]) - 1
+    assert_reported(errors_of(inventory), f"{section}[{index}].{key}", repr(first[key]), "defined twice")
+
+
+def test_a_did_routed_to_a_missing_scheme_is_reported(inventory):
+    inventory["vpbx_numbers"][0]["routing"] = "night"
+    assert_reported(errors_of(inventory), "vpbx_numbers[0].routing", "'night'")
+
+
+def test_a_callback_naming_a_missing_list_is_reported(inventory):
+    inventory["vpbx_numbers"][0]["callback"]["list"] = "vip"
+    assert_reported(errors_of(inventory), "vpbx_numbers[0].callback.list", "'vip'")
+
+
+def test_an_enabled_callback_without_a_list_is_reported(inventory):
+    del inventory["vpbx_numbers"][0]["callback"]["list"]
+    assert_reported(errors_of(inventory), "vpbx_numbers[0].callback.list", "required when callback")
+
+
+def test_a_disabled_callback_needs_no_list(inventory):
+    inventory["vpbx_numbers"][0]["callback"] = {"enabled": False}
+    assert load(inventory).numbers["+421233000111"].callback.enabled is False
+
+
+def test_a_step_of_unknown_kind_is_reported(inventory):
+    inventory["vpbx_routing_schemes"][0]["steps"][0] = {"ring_all": ["100", "101"]}
+    assert_reported(errors_of(inventory), "vpbx_routing_schemes[0].steps[0]", "ring_all")
+
+
+def test_a_step_of_two_kinds_is_reported(inventory):
+    inventory["vpbx_routing_schemes"][1]["steps"][0] = {"ring": ["100"], "reject": 480}
+    errors = errors_of(inventory)
+    assert_reported(errors, "vpbx_routing_schemes[1].steps[0]", "exactly one", "'reject', 'ring'")
+
+
+def test_ringing_an_unknown_extension_is_reported(inventory):
+    inventory["vpbx_routing_schemes"][0]["steps"][0]["ring"] = ["100", "199"]
+    assert_reported(errors_of(inventory), "vpbx_routing_schemes[0].steps[0].ring[1]", "'199'")
+
+
+def test_a_reject_step_code_out_of_range_is_reported(inventory):
+    inventory["vpbx_routing_schemes"][1]["steps"][0] = {"reject": 200}
+    assert_reported(errors_of(inventory), "vpbx_routing_schemes[1].steps[0].reject", "200")
+
+
+def test_a_callback_reject_code_out_of_range_is_reported(inventory):
+    inventory["vpbx_numbers"][0]["callback"]["reject_code"] = 200
+    assert_reported(errors_of(inventory), "vpbx_numbers[0].callback.reject_code", "200")
+
+
+def test_an_unknown_default_country_is_reported(inventory):
+    inventory["vpbx_default_country"] = "XX"
+    assert_reported(errors_of(inventory), "vpbx_default_country", "'XX'")
+
+
+@pytest.mark.parametrize(
+    ("listen", "quoted"),
+    [
+        ("localhost", "'localhost'"),
+        ("999.1.1.1:5060", "'999.1.1.1'"),
+        ("127.0.0.1:70000", "'127.0.0.1:70000'"),
+    ],
+    ids=["no-port", "bad-address", "bad-port"],
+)
+def test_a_sip_listen_that_is_not_ip_and_port_is_reported(inventory, listen, quoted):
+    inventory["vpbx_sip_listen"] = listen
+    assert_reported(errors_of(inventory), "vpbx_sip_listen", quoted)
+
+
+def test_steps_that_are_not_a_list_are_reported(inventory):
+    inventory["vpbx_routing_schemes"][1]["steps"] = {"reject": 480}
+    assert_reported(errors_of(inventory), "vpbx_routing_schemes[1].steps", "must be a list", "dict")
+
+
+def test_an_enabled_flag_that_is_not_a_boolean_is_reported(inventory):
+    inventory["vpbx_numbers"][0]["callback"]["enabled"] = "yes"
+    assert_reported(errors_of(inventory), "vpbx_numbers[0].callback.enabled", "'yes'")
+
+
+def test_a_timeout_written_as_a_string_is_reported(inventory):
+    inventory["vpbx_routing_schemes"][0]["steps"][0]["timeout"] = "20"
+    assert_reported(errors_of(inventory), "vpbx_routing_schemes[0].steps[0].timeout", "'20'")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason="BUG vpbx/model.py:400: `name not in lists` with an unhashable list name "
+    "raises TypeError instead of InventoryError",
+)
+def test_a_callback_list_written_as_a_yaml_list_is_reported(inventory):
+    inventory["vpbx_numbers"][0]["callback"]["list"] = ["sales-mobiles"]
+    assert_reported(errors_of(inventory), "vpbx_numbers[0].callback.list", "['sales-mobiles']")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason="BUG vpbx/model.py:421: `kind not in NUMBER_TYPES` with an unhashable item "
+    "raises TypeError instead of InventoryError",
+)
+def test_a_denied_type_that_is_not_a_string_is_reported(inventory):
+    inventory["vpbx_numbers"][0]["callback"]["denied_types"] = [["premium_rate"]]
+    assert_reported(errors_of(inventory), "vpbx_numbers[0].callback.denied_types[0]", "['premium_rate']")
+
+
+def test_an_empty_trunk_list_is_reported(inventory):
+    inventory["vpbx_trunks"] = []
+    assert_reported(errors_of(inventory), "vpbx_trunks", "at least one trunk")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG vpbx/model.py:269: `vpbx_trunks:` left empty in YAML (None) loads with no trunk, "
+    "while `vpbx_trunks: []` is refused",
+)
+def test_a_trunk_list_left_empty_in_yaml_is_reported(inventory):
+    inventory["vpbx_trunks"] = None
+    assert_reported(errors_of(inventory), "vpbx_trunks", "at least one trunk")
+
+
+def test_every_mistake_of_one_inventory_is_reported_in_one_load(inventory):
+    inventory["vpbx_colour"] = "blue"
+    inventory["vpbx_trunks"][0]["inbound_sources"] = ["127.0.0.5/24"]
+    inventory["vpbx_number_lists"][0]["numbers"][0] = "abc"
+    inventory["vpbx_routing_schemes"][0]["steps"][0]["ring"] = ["199"]
+    inventory["vpbx_numbers"][0]["callback"]["list"] = "vip"
+    inventory["vpbx_numbers"][1]["routing"] = "night"
+    errors = errors_of(inventory)
+    for path in (
+        "vpbx_colour",
+        "vpbx_trunks[0].inbound_sources[0]",
+        "vpbx_number_lists[0].numbers[0]",
+        "vpbx_routing_schemes[0].steps[0].ring[0]",
+        "vpbx_numbers[0].callback.list",
+        "vpbx_numbers[1].routing",
+    ):
+        assert_reported(errors, path)
