@@ -87,7 +87,7 @@ class Router:
         """The trunk whose inbound sources hold `source_ip`, if any."""
         try:
             address = netaddr.IPAddress(source_ip)
-        except (netaddr.AddrFormatError, ValueError):
+        except (netaddr.AddrFormatError, ValueError, TypeError):
             return None
         for network, name in self._sources:
             if address in network:

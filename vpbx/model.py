@@ -53,7 +53,8 @@ class HostPort:
     port: int
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ class _Checker:
             self.error(path, f"must be a telephone number as a string, got {value!r}")
             return None
         try:
-            return to_e164(str(value), country, strict=True)
+            return to_e164(str(value), country)
         except InvalidNumber as exc:
             self.error(path, str(exc))
             return None
@@ -176,8 +177,10 @@ class _Checker:
             return None
         host, sep, port = text.rpartition(":")
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            self.error(path, f"must be HOST:PORT, got {value!r}")
+            self.error(path, f"must be IP:PORT ([IPv6]:PORT), got {value!r}")
             return None
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
         try:
             host = str(netaddr.IPAddress(host))
         except (netaddr.AddrFormatError, ValueError):
@@ -266,7 +269,7 @@ def _trunks(check: _Checker, value: Any) -> tuple[Trunk, ...]:
             sources.append(str(network.cidr))
         if name and address:
             trunks.append(Trunk(name, address, tuple(sources)))
-    if value is not None and not trunks and not check.errors:
+    if not value:
         check.error("vpbx_trunks", "at least one trunk is needed")
     return tuple(trunks)
 
@@ -397,7 +400,10 @@ def _callback(
     if not isinstance(enabled, bool):
         check.error(f"{path}.enabled", f"must be true or false, got {enabled!r}")
     name = item.get("list")
-    if name is not None and name not in lists:
+    if name is not None and not isinstance(name, str):
+        check.error(f"{path}.list", f"must be the name of one number list, got {name!r}")
+        name = None
+    elif name is not None and name not in lists:
         check.error(f"{path}.list", f"no number list named {name!r} in vpbx_number_lists "
                     f"(known: {', '.join(sorted(lists)) or 'none'})")
     elif enabled and name is None:
@@ -418,7 +424,7 @@ def _callback(
     denied = []
     for j, kind in enumerate(check.items(f"{path}.denied_types",
                                          item.get("denied_types", list(DEFAULT_DENIED_TYPES)))):
-        if kind not in NUMBER_TYPES:
+        if not isinstance(kind, str) or kind not in NUMBER_TYPES:
             check.error(f"{path}.denied_types[{j}]",
                         f"unknown number type {kind!r} (known: {', '.join(NUMBER_TYPES)})")
         denied.append(kind)

@@ -11,13 +11,12 @@ class InvalidNumber(ValueError):
     """A string that is not a possible telephone number."""
 
 
-def to_e164(raw: str, country: str, strict: bool = False) -> str:
+def to_e164(raw: str, country: str) -> str:
     """Return `raw` as E.164 (`+421905123456`), national forms read for `country`.
 
-    Raises InvalidNumber when the string does not parse or cannot be a number
-    of its region (too short, too long). `strict` also requires a number the
-    numbering plan assigns (libphonenumber's metadata): what an admin types
-    into the inventory is held to that, to catch typos.
+    Raises InvalidNumber when the string does not parse or is not a number the
+    numbering plan assigns (libphonenumber's metadata): a length check alone
+    lets typos through, such as a national number that keeps its trunk `0`.
     """
     text = str(raw).strip()
     if text.startswith("tel:"):
@@ -29,9 +28,7 @@ def to_e164(raw: str, country: str, strict: bool = False) -> str:
         parsed = phonenumbers.parse(text, country)
     except phonenumbers.NumberParseException as exc:
         raise InvalidNumber(f"{raw!r} is not a telephone number ({exc})") from None
-    if not phonenumbers.is_possible_number(parsed):
-        raise InvalidNumber(f"{raw!r} is not a possible number for {country}")
-    if strict and not phonenumbers.is_valid_number(parsed):
+    if not phonenumbers.is_valid_number(parsed):
         raise InvalidNumber(f"{raw!r} is not a valid number in its numbering plan")
     return phonenumbers.format_number(parsed, E164)
 

@@ -199,11 +199,5 @@ def test_a_source_that_is_no_address_is_no_trunk(router, source):
     assert router.trunk_for(source) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="BUG vpbx/decide.py:89-91: netaddr.IPAddress(None) raises TypeError, which trunk_for "
-    "does not catch",
-)
 def test_a_missing_source_is_no_trunk(router):
     assert router.trunk_for(None) is None

@@ -364,23 +364,11 @@ def test_a_timeout_written_as_a_string_is_reported(inventory):
     assert_reported(errors_of(inventory), "vpbx_routing_schemes[0].steps[0].timeout", "'20'")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="BUG vpbx/model.py:400: `name not in lists` with an unhashable list name "
-    "raises TypeError instead of InventoryError",
-)
 def test_a_callback_list_written_as_a_yaml_list_is_reported(inventory):
     inventory["vpbx_numbers"][0]["callback"]["list"] = ["sales-mobiles"]
     assert_reported(errors_of(inventory), "vpbx_numbers[0].callback.list", "['sales-mobiles']")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="BUG vpbx/model.py:421: `kind not in NUMBER_TYPES` with an unhashable item "
-    "raises TypeError instead of InventoryError",
-)
 def test_a_denied_type_that_is_not_a_string_is_reported(inventory):
     inventory["vpbx_numbers"][0]["callback"]["denied_types"] = [["premium_rate"]]
     assert_reported(errors_of(inventory), "vpbx_numbers[0].callback.denied_types[0]", "['premium_rate']")
@@ -391,11 +379,6 @@ def test_an_empty_trunk_list_is_reported(inventory):
     assert_reported(errors_of(inventory), "vpbx_trunks", "at least one trunk")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG vpbx/model.py:269: `vpbx_trunks:` left empty in YAML (None) loads with no trunk, "
-    "while `vpbx_trunks: []` is refused",
-)
 def test_a_trunk_list_left_empty_in_yaml_is_reported(inventory):
     inventory["vpbx_trunks"] = None
     assert_reported(errors_of(inventory), "vpbx_trunks", "at least one trunk")

@@ -48,15 +48,7 @@ INVALID = [
     pytest.param("abc", id="letters"),
     pytest.param("12", id="too-short"),
     pytest.param("+1", id="country-code-only"),
-    pytest.param(
-        "0905 12",
-        id="truncated-mobile",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG vpbx/numbers.py:32: without strict, is_possible_number keeps the trunk "
-            "prefix '0' and accepts '0905 12' as '+421090512'",
-        ),
-    ),
+    pytest.param("0905 12", id="truncated-mobile"),
     pytest.param("anonymous", id="anonymous"),
     pytest.param(None, id="none"),
 ]
@@ -77,15 +69,6 @@ def test_an_invalid_number_is_a_value_error_for_callers_that_catch_those():
     assert issubclass(InvalidNumber, ValueError)
 
 
-def test_strict_accepts_a_number_the_numbering_plan_assigns():
-    assert to_e164("0905 123 456", "SK", strict=True) == MOBILE
-
-
-def test_strict_refuses_a_possible_number_the_plan_does_not_assign_and_names_it():
-    with pytest.raises(InvalidNumber, match=re.escape("'0905 12'")):
-        to_e164("0905 12", "SK", strict=True)
-
-
-def test_strict_refuses_national_digits_that_are_no_number_in_the_default_country():
+def test_national_digits_that_are_no_number_in_the_default_country_are_refused():
     with pytest.raises(InvalidNumber, match=re.escape("'0905 123 456'")):
-        to_e164("0905 123 456", "CZ", strict=True)
+        to_e164("0905 123 456", "CZ")
