@@ -1,0 +1,47 @@
+# vPBX CallBack: the two commands are `make deploy` and `make test`.
+SHELL := /bin/bash
+INVENTORY ?= inventories/lab
+VENV := .venv
+PYTHON := /usr/bin/python3
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+
+.PHONY: venv deploy check test lint unit molecule e2e clean
+
+$(VENV)/.done: requirements.txt pyproject.toml
+	@test -x $(PYTHON) || { echo "Debian's python3 is needed: apt-get install python3" >&2; exit 1; }
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || apt-get install -y -qq python3-venv
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt -e .
+	touch $@
+
+venv: $(VENV)/.done
+
+## deploy: deploy INVENTORY (default inventories/lab) onto its hosts
+deploy: venv
+	ansible-playbook -i $(INVENTORY) playbooks/site.yml
+
+## check: show what a deploy of INVENTORY would change, changing nothing
+check: venv
+	ansible-playbook -i $(INVENTORY) playbooks/site.yml --check --diff
+
+## test: lint, unit tests, then molecule (converge, idempotence, e2e verify)
+test: lint unit molecule
+
+lint: venv
+	ruff check vpbx kemi plugins tests
+	ansible-lint --profile production playbooks roles molecule
+
+unit: venv
+	pytest tests/unit -q
+
+molecule: venv
+	molecule test
+
+## e2e: the end-to-end suite alone, against what is deployed now
+e2e: venv
+	pytest tests/e2e -v
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
