@@ -196,8 +196,10 @@ class VpbxRouter:
         elif isinstance(action, d.TriggerCallback):
             self.ksr_route_callback(action)
         elif isinstance(action, d.RingExtension):
+            KSR.rr.record_route()
             self.ksr_route_ring_extension(action.extension)
         else:
+            KSR.rr.record_route()
             KSR.tm.t_newtran()
             KSR.pv.sets(AVP_DID, action.did)
             self.ksr_route_scheme_step(action.did, 0)
@@ -236,6 +238,7 @@ class VpbxRouter:
             else:
                 trunk = self.config.trunks[0]
                 KSR.corex.resetdsturi()
+                KSR.tm.t_reset_fr()
                 KSR.setruri(f"sip:{step.number}@{trunk.address}")
                 KSR.tm.t_on_failure(FAILURE_ROUTE)
                 self.ksr_route_relay()
@@ -258,11 +261,10 @@ class VpbxRouter:
 
     def ksr_route_relay(self):
         if KSR.is_INVITE():
-            KSR.rr.record_route()
             KSR.tm.t_on_branch(BRANCH_ROUTE)
             KSR.tm.t_on_reply(ONREPLY_ROUTE)
         if KSR.tm.t_relay() < 0:
-            KSR.sl.sl_reply_error()
+            KSR.tm.t_reply(500, "Server Error")
         return STOP
 
     # -- event routes ----------------------------------------------------------
