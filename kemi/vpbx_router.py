@@ -237,9 +237,9 @@ class VpbxRouter:
                 KSR.info(f"{LOG_PREFIX}step {index}: none of {','.join(step.extensions)} registered\n")
             else:
                 trunk = self.config.trunks[0]
-                KSR.corex.resetdsturi()
+                KSR.resetdsturi()
                 KSR.tm.t_reset_fr()
-                KSR.setruri(f"sip:{step.number}@{trunk.address}")
+                KSR.seturi(f"sip:{step.number}@{trunk.address}")
                 KSR.tm.t_on_failure(FAILURE_ROUTE)
                 self.ksr_route_relay()
                 return
@@ -249,7 +249,7 @@ class VpbxRouter:
     def lookup_extensions(self, extensions):
         """Put every registered contact of `extensions` in the destination set."""
         found = False
-        KSR.corex.resetdsturi()
+        KSR.resetdsturi()
         for ext in extensions:
             aor = f"sip:{ext}@{self.realm}"
             # The first registered extension takes the R-URI, the others become branches.

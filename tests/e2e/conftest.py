@@ -1,0 +1,226 @@
+"""The world of the end-to-end tests: the deployed PBX as its inventory describes
+it, loopback addresses for the SIP peers around it, and SIPp to play them.
+
+Everything comes from the inventory (inventories/lab, or the directory in
+VPBX_INVENTORY), so the suite follows whatever was deployed. When no PBX
+answers SIP, the tests are skipped, or fail when VPBX_E2E_REQUIRED=1 (CI).
+"""
+
+import ipaddress
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+import yaml
+from sipp import SippRunner
+
+from vpbx import model
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+DEFAULT_INVENTORY = REPO / "inventories" / "lab"
+RTPENGINE_DEFAULTS = REPO / "roles" / "rtpengine" / "defaults" / "main.yml"
+# First candidates for the peers' addresses; any 127.x.y.z is this host.
+PHONES_FROM = "127.0.0.10"
+STRANGER_FROM = "127.0.0.66"
+# Each phone registers from and answers on its own address at this port.
+PHONE_PORT = 5060
+REGISTER_EXPIRES = 300
+OPTIONS_TRIES = 3
+OPTIONS_WAIT = 1.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Lets `pytest -m "not e2e"` leave this directory out.
+    for item in items:
+        if HERE in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip, or fail when the environment says the PBX must be there (CI)."""
+    if os.environ.get("VPBX_E2E_REQUIRED") == "1":
+        pytest.fail(f"{reason} (VPBX_E2E_REQUIRED=1)", pytrace=False)
+    pytest.skip(f"{reason}; deploy with `make deploy`, or set VPBX_E2E_REQUIRED=1 to fail instead")
+
+
+def inventory_dir() -> Path:
+    return Path(os.environ.get("VPBX_INVENTORY") or DEFAULT_INVENTORY)
+
+
+def inventory_variables(directory: Path) -> dict[str, Any]:
+    """The variables of group `all`: group_vars/all.yml, then group_vars/all/*.yml, as Ansible reads them."""
+    group_vars = directory / "group_vars"
+    files = [p for p in (group_vars / "all.yml", group_vars / "all.yaml") if p.is_file()]
+    if (group_vars / "all").is_dir():
+        files += sorted(p for p in (group_vars / "all").iterdir() if p.suffix in (".yml", ".yaml"))
+    if not files:
+        raise FileNotFoundError(f"no group_vars/all.yml or group_vars/all/ in {directory}")
+    variables: dict[str, Any] = {}
+    for path in files:
+        variables.update(yaml.safe_load(path.read_text()) or {})
+    return variables
+
+
+@pytest.fixture(scope="session")
+def inventory() -> dict[str, Any]:
+    """The raw variables of the deployed inventory (for keys outside the contract)."""
+    return inventory_variables(inventory_dir())
+
+
+@pytest.fixture(scope="session")
+def lab(inventory: dict[str, Any]) -> model.Config:
+    """The deployed inventory, validated by the same model the PBX loads."""
+    contract = {k: v for k, v in inventory.items() if k in model.CONTRACT_KEYS}
+    try:
+        return model.load(contract)
+    except model.InventoryError as exc:
+        pytest.fail(f"inventory {inventory_dir()} breaks the contract:\n{exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def pbx_address(lab: model.Config) -> model.HostPort:
+    """Where the PBX takes SIP; str() of it is SIPp's remote host:port."""
+    return lab.sip_listen
+
+
+@pytest.fixture(scope="session")
+def trunk(lab: model.Config) -> model.Trunk:
+    return lab.trunks[0]
+
+
+@pytest.fixture(scope="session")
+def carrier_ip(trunk: model.Trunk) -> str:
+    """The carrier simulator's address: the first trunk's host, which must be a trusted source."""
+    host = ipaddress.ip_address(trunk.address.host)
+    if not any(host in ipaddress.ip_network(cidr) for cidr in trunk.inbound_sources):
+        pytest.fail(f"trunk {trunk.name}: its address {host} is outside its inbound_sources "
+                    f"{list(trunk.inbound_sources)}, so calls from a carrier simulator there "
+                    "would not be trusted", pytrace=False)
+    return str(host)
+
+
+@pytest.fixture(scope="session")
+def trunk_port(trunk: model.Trunk) -> int:
+    """Where the carrier simulator listens for the PBX's outbound calls."""
+    return trunk.address.port
+
+
+def untrusted_loopbacks(lab: model.Config, first: str, count: int) -> list[str]:
+    """`count` loopback addresses from `first` up that no trunk trusts and no PBX part uses."""
+    trusted = [ipaddress.ip_network(c) for t in lab.trunks for c in t.inbound_sources]
+    taken = {lab.sip_listen.host, *(t.address.host for t in lab.trunks)}
+    found: list[str] = []
+    address = ipaddress.ip_address(first)
+    while len(found) < count:
+        if address not in ipaddress.ip_network("127.0.0.0/8"):
+            raise ValueError(f"no {count} free loopback addresses from {first}")
+        if str(address) not in taken and not any(address in net for net in trusted):
+            found.append(str(address))
+        address += 1
+    return found
+
+
+@pytest.fixture(scope="session")
+def phone_ips(lab: model.Config) -> dict[str, str]:
+    """A distinct untrusted loopback address for each extension: {"100": "127.0.0.10", ...}."""
+    extensions = sorted(lab.extensions)
+    return dict(zip(extensions, untrusted_loopbacks(lab, PHONES_FROM, len(extensions)), strict=True))
+
+
+@pytest.fixture(scope="session")
+def stranger_ip(lab: model.Config, phone_ips: dict[str, str]) -> str:
+    """An address that is neither a trunk nor a phone."""
+    candidates = untrusted_loopbacks(lab, STRANGER_FROM, len(phone_ips) + 1)
+    return next(ip for ip in candidates if ip not in phone_ips.values())
+
+
+@pytest.fixture(scope="session")
+def media_relay_ip(inventory: dict[str, Any]) -> str:
+    """The address RTPengine writes into c= (the inventory's rtpengine_interface or the role's default)."""
+    value = inventory.get("rtpengine_interface")
+    if value is None:
+        value = yaml.safe_load(RTPENGINE_DEFAULTS.read_text())["rtpengine_interface"]
+    # "name/local!advertised;other/..." -> the first interface's advertised address.
+    first = str(value).split(";")[0].split("/")[-1]
+    return first.split("!")[-1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pbx_answers(pbx_address: model.HostPort, stranger_ip: str) -> None:
+    """Skip (or fail, under VPBX_E2E_REQUIRED=1) the whole suite unless the PBX answers OPTIONS."""
+    answer = sip_options(pbx_address, stranger_ip)
+    if answer is None:
+        unavailable(f"no PBX answers SIP OPTIONS at {pbx_address} (vpbx_sip_listen of {inventory_dir()})")
+
+
+def sip_options(target: model.HostPort, source_ip: str) -> str | None:
+    """Send OPTIONS from source_ip; the status line of the answer, or None if nothing answers."""
+    call_id = uuid.uuid4().hex
+    family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.bind((source_ip if family == socket.AF_INET else "::1", 0))
+        sock.settimeout(OPTIONS_WAIT)
+        here = sock.getsockname()
+        local = f"[{here[0]}]:{here[1]}" if family == socket.AF_INET6 else f"{here[0]}:{here[1]}"
+        request = (
+            f"OPTIONS sip:{target} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {local};branch=z9hG4bK{call_id[:16]};rport\r\n"
+            f"From: <sip:e2e-probe@{local}>;tag={call_id[16:]}\r\n"
+            f"To: <sip:{target}>\r\n"
+            f"Call-ID: {call_id}\r\n"
+            "CSeq: 1 OPTIONS\r\n"
+            "Max-Forwards: 70\r\n"
+            "Content-Length: 0\r\n\r\n"
+        ).encode()
+        for _ in range(OPTIONS_TRIES):
+            sock.sendto(request, (target.host, target.port))
+            try:
+                while True:
+                    data = sock.recv(65535).decode(errors="replace")
+                    # Only an answer to this very request counts.
+                    if data.startswith("SIP/2.0 ") and call_id in data:
+                        return data.split("\r\n", 1)[0]
+            except TimeoutError:
+                continue
+    return None
+
+
+@pytest.fixture
+def sipp(tmp_path: Path) -> Iterator[SippRunner]:
+    """Starts SIPp peers for one test, logs under the test's tmp_path; kills leftovers after it."""
+    try:
+        runner = SippRunner(tmp_path / "sipp")
+    except FileNotFoundError as exc:
+        unavailable(str(exc))
+    yield runner
+    runner.close()
+
+
+@pytest.fixture
+def phones(
+    sipp: SippRunner, lab: model.Config, pbx_address: model.HostPort, phone_ips: dict[str, str]
+) -> Iterator[dict[str, model.HostPort]]:
+    """Every extension registered from its own address; {"100": HostPort("127.0.0.10", 5060), ...}.
+
+    Start callee.xml on a phone's address to make it ring; the bindings are
+    removed after the test so that the next one starts with no phone online.
+    """
+    registered: dict[str, model.HostPort] = {}
+    try:
+        for extension, ip in phone_ips.items():
+            keys = {"user": extension, "password": lab.extensions[extension], "expires": REGISTER_EXPIRES}
+            sipp.run_uac("phone_register.xml", ip, str(pbx_address), keys, port=PHONE_PORT, timeout=10)
+            registered[extension] = model.HostPort(ip, PHONE_PORT)
+        yield registered
+    finally:
+        # A phone's callee may still hold its port: stop it before unregistering.
+        sipp.close()
+        for extension, address in registered.items():
+            keys = {"user": extension, "password": lab.extensions[extension], "expires": 0}
+            sipp.run_uac("phone_register.xml", address.host, str(pbx_address), keys,
+                         port=PHONE_PORT, timeout=10, check=False)

@@ -1,0 +1,192 @@
+"""Calls through the deployed SIP edge, as the carrier and the phones make them.
+
+Numbers come from the inventory: the first DID with CallBack enabled, a
+number on its list, and a number that is not.
+"""
+
+import pytest
+from sipp import G711A_PCAP, NO_HEADER
+
+from vpbx import model
+
+CALL_TIMEOUT = 25
+
+
+@pytest.fixture(scope="session")
+def callback_did(lab: model.Config) -> model.Did:
+    for did in lab.numbers.values():
+        if did.callback and did.callback.enabled:
+            return did
+    pytest.skip("the inventory has no DID with callback enabled")
+
+
+@pytest.fixture(scope="session")
+def listed_caller(lab: model.Config, callback_did: model.Did) -> str:
+    return sorted(lab.number_lists[callback_did.callback.list])[0]
+
+
+@pytest.fixture(scope="session")
+def unlisted_caller(lab: model.Config, callback_did: model.Did, listed_caller: str) -> str:
+    listed = lab.number_lists[callback_did.callback.list]
+    for last in "0123456789":
+        candidate = listed_caller[:-1] + last
+        if candidate not in listed:
+            return candidate
+    raise AssertionError("no unlisted number found")
+
+
+@pytest.fixture(scope="session")
+def scheme(lab: model.Config, callback_did: model.Did) -> tuple[model.Step, ...]:
+    return lab.routing_schemes[callback_did.routing]
+
+
+@pytest.fixture(scope="session")
+def forward_number(scheme) -> str:
+    for step in scheme:
+        if isinstance(step, model.ForwardStep):
+            return step.number
+    pytest.skip("the callback DID's scheme has no forward step")
+
+
+@pytest.fixture(scope="session")
+def ring_step(scheme) -> model.RingStep:
+    if not isinstance(scheme[0], model.RingStep):
+        pytest.skip("the callback DID's scheme does not start by ringing extensions")
+    return scheme[0]
+
+
+def caller_keys(did: str, caller: str, *, hangup: str = "local", header: str = NO_HEADER) -> dict:
+    return {"did": did, "caller": caller, "header": header, "hangup": hangup,
+            "hold_ms": 1000, "audio": G711A_PCAP}
+
+
+def callee_keys(mode: str, *, user: str = "*", caller: str = "*", media: str = "*",
+                hangup: str = "remote") -> dict:
+    return {"mode": mode, "ring_ms": 200, "hangup": hangup, "hold_ms": 1000,
+            "expect_user": user, "expect_from": caller, "expect_media": media}
+
+
+def test_unlisted_caller_is_forwarded_by_the_scheme_with_media_on_rtpengine(
+    sipp, pbx_address, carrier_ip, trunk_port, callback_did, unlisted_caller, forward_number,
+    media_relay_ip,
+):
+    # Nobody is registered, so the ring step is skipped and the forward step
+    # calls out through the trunk; the caller hangs up.
+    far_end = sipp.start_uas("callee.xml", carrier_ip, trunk_port,
+                             callee_keys("answer", user=forward_number, media=media_relay_ip),
+                             timeout=CALL_TIMEOUT)
+    sipp.run_uac("carrier_call.xml", carrier_ip, str(pbx_address),
+                 caller_keys(callback_did.number, unlisted_caller), timeout=CALL_TIMEOUT)
+    far_end.expect_success()
+
+
+def test_bye_from_the_forwarded_side_reaches_the_caller(
+    sipp, pbx_address, carrier_ip, trunk_port, callback_did, unlisted_caller, forward_number,
+    media_relay_ip,
+):
+    far_end = sipp.start_uas("callee.xml", carrier_ip, trunk_port,
+                             callee_keys("answer", user=forward_number, media=media_relay_ip,
+                                         hangup="local"),
+                             timeout=CALL_TIMEOUT)
+    sipp.run_uac("carrier_call.xml", carrier_ip, str(pbx_address),
+                 caller_keys(callback_did.number, unlisted_caller, hangup="remote"),
+                 timeout=CALL_TIMEOUT)
+    far_end.expect_success()
+
+
+def test_registered_extensions_ring_in_parallel_and_one_answers(
+    sipp, phones, pbx_address, carrier_ip, callback_did, unlisted_caller, ring_step, media_relay_ip,
+):
+    first, *others = ring_step.extensions
+    answering = sipp.start_uas("callee.xml", phones[first].host, phones[first].port,
+                               callee_keys("answer", caller=unlisted_caller, media=media_relay_ip),
+                               timeout=CALL_TIMEOUT)
+    # The other phones ring and are cancelled when the first one answers.
+    ringing = [sipp.start_uas("callee.xml", phones[ext].host, phones[ext].port,
+                              callee_keys("ring"), timeout=CALL_TIMEOUT) for ext in others]
+    sipp.run_uac("carrier_call.xml", carrier_ip, str(pbx_address),
+                 caller_keys(callback_did.number, unlisted_caller), timeout=CALL_TIMEOUT)
+    answering.expect_success()
+    for phone in ringing:
+        phone.expect_success()
+
+
+def test_unanswered_extensions_fall_through_to_the_forward_step(
+    sipp, phones, pbx_address, carrier_ip, trunk_port, callback_did, unlisted_caller, ring_step,
+    forward_number, media_relay_ip,
+):
+    ringing = [sipp.start_uas("callee.xml", phones[ext].host, phones[ext].port,
+                              callee_keys("ring"), timeout=ring_step.timeout + CALL_TIMEOUT)
+               for ext in ring_step.extensions]
+    far_end = sipp.start_uas("callee.xml", carrier_ip, trunk_port,
+                             callee_keys("answer", user=forward_number, media=media_relay_ip),
+                             timeout=ring_step.timeout + CALL_TIMEOUT)
+    sipp.run_uac("carrier_call.xml", carrier_ip, str(pbx_address),
+                 caller_keys(callback_did.number, unlisted_caller),
+                 timeout=ring_step.timeout + CALL_TIMEOUT)
+    far_end.expect_success()
+    for phone in ringing:
+        phone.expect_success()
+
+
+def test_busy_extensions_fall_through_to_the_forward_step(
+    sipp, phones, pbx_address, carrier_ip, trunk_port, callback_did, unlisted_caller, ring_step,
+    forward_number,
+):
+    busy = [sipp.start_uas("callee.xml", phones[ext].host, phones[ext].port,
+                           callee_keys("busy"), timeout=CALL_TIMEOUT)
+            for ext in ring_step.extensions]
+    far_end = sipp.start_uas("callee.xml", carrier_ip, trunk_port,
+                             callee_keys("answer", user=forward_number), timeout=CALL_TIMEOUT)
+    sipp.run_uac("carrier_call.xml", carrier_ip, str(pbx_address),
+                 caller_keys(callback_did.number, unlisted_caller), timeout=CALL_TIMEOUT)
+    far_end.expect_success()
+    for phone in busy:
+        phone.expect_success()
+
+
+@pytest.mark.parametrize("asserted_by", ["from", "p-asserted-identity"])
+def test_listed_caller_gets_the_trigger_reply_and_is_never_answered(
+    sipp, pbx_address, carrier_ip, callback_did, listed_caller, unlisted_caller, asserted_by,
+):
+    # With P-Asserted-Identity the carrier's assertion wins over From.
+    if asserted_by == "from":
+        keys = caller_keys(callback_did.number, listed_caller)
+    else:
+        keys = caller_keys(callback_did.number, unlisted_caller,
+                           header=f"P-Asserted-Identity: <sip:{listed_caller}@{carrier_ip}>")
+    keys["code"] = callback_did.callback.reject_code
+    sipp.run_uac("carrier_call_rejected.xml", carrier_ip, str(pbx_address), keys,
+                 timeout=CALL_TIMEOUT)
+
+
+def test_listed_number_from_an_untrusted_source_is_refused(
+    sipp, pbx_address, stranger_ip, callback_did, listed_caller,
+):
+    keys = caller_keys(callback_did.number, listed_caller,
+                       header=f"P-Asserted-Identity: <sip:{listed_caller}@{stranger_ip}>")
+    keys["code"] = 403
+    sipp.run_uac("carrier_call_rejected.xml", stranger_ip, str(pbx_address), keys,
+                 timeout=CALL_TIMEOUT)
+
+
+def test_unknown_did_is_not_found(sipp, lab, pbx_address, carrier_ip, callback_did, unlisted_caller):
+    unknown = callback_did.number[:-1] + ("1" if callback_did.number[-1] != "1" else "2")
+    assert unknown not in lab.numbers
+    keys = caller_keys(unknown, unlisted_caller)
+    keys["code"] = 404
+    sipp.run_uac("carrier_call_rejected.xml", carrier_ip, str(pbx_address), keys,
+                 timeout=CALL_TIMEOUT)
+
+
+def test_reject_step_answers_with_its_code(sipp, lab, pbx_address, carrier_ip, unlisted_caller):
+    for did in lab.numbers.values():
+        first = lab.routing_schemes[did.routing][0]
+        if isinstance(first, model.RejectStep):
+            break
+    else:
+        pytest.skip("no DID whose scheme starts with a reject step")
+    keys = caller_keys(did.number, unlisted_caller)
+    keys["code"] = first.code
+    sipp.run_uac("carrier_call_rejected.xml", carrier_ip, str(pbx_address), keys,
+                 timeout=CALL_TIMEOUT)
