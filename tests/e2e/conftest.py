@@ -224,3 +224,48 @@ def phones(
             keys = {"user": extension, "password": lab.extensions[extension], "expires": 0}
             sipp.run_uac("phone_register.xml", address.host, str(pbx_address), keys,
                          port=PHONE_PORT, timeout=10, check=False)
+
+
+# -- the numbers a test calls with, all from the inventory --------------------
+
+@pytest.fixture(scope="session")
+def callback_did(lab: model.Config) -> model.Did:
+    for did in lab.numbers.values():
+        if did.callback and did.callback.enabled:
+            return did
+    pytest.skip("the inventory has no DID with callback enabled")
+
+
+@pytest.fixture(scope="session")
+def listed_caller(lab: model.Config, callback_did: model.Did) -> str:
+    return sorted(lab.number_lists[callback_did.callback.list])[0]
+
+
+@pytest.fixture(scope="session")
+def unlisted_caller(lab: model.Config, callback_did: model.Did, listed_caller: str) -> str:
+    listed = lab.number_lists[callback_did.callback.list]
+    for last in "0123456789":
+        candidate = listed_caller[:-1] + last
+        if candidate not in listed:
+            return candidate
+    raise AssertionError("no unlisted number found")
+
+
+@pytest.fixture(scope="session")
+def scheme(lab: model.Config, callback_did: model.Did) -> tuple[model.Step, ...]:
+    return lab.routing_schemes[callback_did.routing]
+
+
+@pytest.fixture(scope="session")
+def forward_number(scheme) -> str:
+    for step in scheme:
+        if isinstance(step, model.ForwardStep):
+            return step.number
+    pytest.skip("the callback DID's scheme has no forward step")
+
+
+@pytest.fixture(scope="session")
+def ring_step(scheme) -> model.RingStep:
+    if not isinstance(scheme[0], model.RingStep):
+        pytest.skip("the callback DID's scheme does not start by ringing extensions")
+    return scheme[0]

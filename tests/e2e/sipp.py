@@ -113,6 +113,18 @@ class Sipp:
             meaning = f"killed by signal {-code}" if code < 0 else EXIT_MEANINGS.get(code, "unknown")
             raise SippError(self.report(f"exit code {code}: {meaning}"))
 
+    def wait_for_log(self, text: str, timeout: float) -> str:
+        """Wait until the scenario logs a line containing `text`; that line."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log_lines():
+                if text in line:
+                    return line
+            if self.returncode is not None:
+                break
+            time.sleep(0.1)
+        raise SippError(self.report(f"never logged {text!r} within {timeout:g} s"))
+
     def log_lines(self) -> list[str]:
         """The lines the scenario wrote with <log message=...>."""
         return _read(self.actions_log).splitlines()
@@ -192,14 +204,30 @@ class SippRunner:
 
         With check (the default) a failed scenario raises SippError with the logs.
         """
-        port = port if port is not None else free_udp_port(ip)
-        argv = [*self._argv(scenario, ip, port, keys, calls, timeout, extra), remote]
-        sipp = self._start(scenario, argv, timeout)
+        sipp = self.start_uac(scenario, ip, remote, keys, port=port, calls=calls,
+                              timeout=timeout, extra=extra)
         if check:
             sipp.expect_success()
         else:
             sipp.wait()
         return sipp
+
+    def start_uac(
+        self,
+        scenario: str | Path,
+        ip: str,
+        remote: str,
+        keys: Mapping[str, object],
+        *,
+        port: int | None = None,
+        calls: int = 1,
+        timeout: float | None = None,
+        extra: list[str] | None = None,
+    ) -> Sipp:
+        """Place the call(s) from ip to remote in the background; wait on the returned Sipp."""
+        port = port if port is not None else free_udp_port(ip)
+        argv = [*self._argv(scenario, ip, port, keys, calls, timeout, extra), remote]
+        return self._start(scenario, argv, timeout)
 
     def close(self) -> None:
         """Kill every SIPp this runner started that still runs."""

@@ -1,69 +1,17 @@
 """Calls through the deployed SIP edge, as the carrier and the phones make them.
 
-Numbers come from the inventory: the first DID with CallBack enabled, a
-number on its list, and a number that is not.
+Numbers come from the inventory (see the fixtures in conftest.py).
 """
 
+import socket
+
 import pytest
-from sipp import G711A_PCAP, NO_HEADER
+from conftest import sip_options
+from peers import callee_keys, caller_keys
 
 from vpbx import model
 
 CALL_TIMEOUT = 25
-
-
-@pytest.fixture(scope="session")
-def callback_did(lab: model.Config) -> model.Did:
-    for did in lab.numbers.values():
-        if did.callback and did.callback.enabled:
-            return did
-    pytest.skip("the inventory has no DID with callback enabled")
-
-
-@pytest.fixture(scope="session")
-def listed_caller(lab: model.Config, callback_did: model.Did) -> str:
-    return sorted(lab.number_lists[callback_did.callback.list])[0]
-
-
-@pytest.fixture(scope="session")
-def unlisted_caller(lab: model.Config, callback_did: model.Did, listed_caller: str) -> str:
-    listed = lab.number_lists[callback_did.callback.list]
-    for last in "0123456789":
-        candidate = listed_caller[:-1] + last
-        if candidate not in listed:
-            return candidate
-    raise AssertionError("no unlisted number found")
-
-
-@pytest.fixture(scope="session")
-def scheme(lab: model.Config, callback_did: model.Did) -> tuple[model.Step, ...]:
-    return lab.routing_schemes[callback_did.routing]
-
-
-@pytest.fixture(scope="session")
-def forward_number(scheme) -> str:
-    for step in scheme:
-        if isinstance(step, model.ForwardStep):
-            return step.number
-    pytest.skip("the callback DID's scheme has no forward step")
-
-
-@pytest.fixture(scope="session")
-def ring_step(scheme) -> model.RingStep:
-    if not isinstance(scheme[0], model.RingStep):
-        pytest.skip("the callback DID's scheme does not start by ringing extensions")
-    return scheme[0]
-
-
-def caller_keys(did: str, caller: str, *, hangup: str = "local", header: str = NO_HEADER) -> dict:
-    return {"did": did, "caller": caller, "header": header, "hangup": hangup,
-            "hold_ms": 1000, "audio": G711A_PCAP}
-
-
-def callee_keys(mode: str, *, user: str = "*", caller: str = "*", media: str = "*",
-                hangup: str = "remote") -> dict:
-    return {"mode": mode, "ring_ms": 200, "hangup": hangup, "hold_ms": 1000,
-            "expect_user": user, "expect_from": caller, "expect_media": media}
 
 
 def test_unlisted_caller_is_forwarded_by_the_scheme_with_media_on_rtpengine(
@@ -190,3 +138,18 @@ def test_reject_step_answers_with_its_code(sipp, lab, pbx_address, carrier_ip, u
     keys["code"] = first.code
     sipp.run_uac("carrier_call_rejected.xml", carrier_ip, str(pbx_address), keys,
                  timeout=CALL_TIMEOUT)
+
+
+def test_malformed_sip_is_dropped_and_the_edge_keeps_answering(pbx_address, stranger_ip, carrier_ip):
+    garbage = [
+        b"\x00\xff" * 200,
+        b"INVITE sip:@ SIP/2.0\r\n\r\n",
+        b"INVITE sip:+421233000111@127.0.0.1 SIP/2.0\r\nVia: broken\r\nContent-Length: 9999\r\n\r\nv=0",
+        b"SIP/2.0 200 OK\r\n\r\n",
+    ]
+    for source in (stranger_ip, carrier_ip):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((source, 0))
+            for datagram in garbage:
+                sock.sendto(datagram, (pbx_address.host, pbx_address.port))
+    assert sip_options(pbx_address, stranger_ip) is not None
