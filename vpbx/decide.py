@@ -11,6 +11,7 @@ import netaddr
 
 from vpbx.model import Config, Did, Step
 from vpbx.numbers import normalize
+from vpbx.policy import Allowed, check_destination
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,16 @@ class FromExtension:
 
 
 @dataclass(frozen=True)
+class FromEngine:
+    """The INVITE came from a callback engine: a call-back leg to the employee or the client."""
+
+
+@dataclass(frozen=True)
 class FromStranger:
-    """Neither a trunk source nor an authenticated extension."""
+    """Neither a trunk source, an authenticated extension, nor a callback engine."""
 
 
-Origin = FromTrunk | FromExtension | FromStranger
+Origin = FromTrunk | FromExtension | FromEngine | FromStranger
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,15 @@ class RingExtension:
     extension: str
 
 
-Action = Reject | TriggerCallback | RouteScheme | RingExtension
+@dataclass(frozen=True)
+class CallOut:
+    """A call-back leg out through the trunk, presenting the DID."""
+
+    did: str
+    number: str
+
+
+Action = Reject | TriggerCallback | RouteScheme | RingExtension | CallOut
 
 FORBIDDEN = Reject(403, "Forbidden")
 NOT_FOUND = Reject(404, "Not Found")
@@ -108,6 +122,8 @@ class Router:
         """What to do with an INVITE to `ruri_user` from `caller_user` arriving from `origin`."""
         if isinstance(origin, FromStranger):
             return FORBIDDEN
+        if isinstance(origin, FromEngine):
+            return self.call_out(caller_user, ruri_user)
         if isinstance(origin, FromExtension) and ruri_user in self.config.extensions:
             return RingExtension(ruri_user)
         did = self.did(ruri_user)
@@ -119,3 +135,20 @@ class Router:
             if self.is_listed(did, caller):
                 return TriggerCallback(did.number, caller, did.callback.reject_code)
         return RouteScheme(did.number, did.routing, self.config.routing_schemes[did.routing])
+
+    def call_out(self, did_user: str | None, ruri_user: str | None) -> Action:
+        """A leg the engine places: to a listed employee, or to a client the policy allows.
+
+        The engine checks this itself; the edge checks again so that nothing
+        but these two kinds of call ever leaves through the trunk.
+        """
+        did = self.did(did_user)
+        number = normalize(ruri_user, self.config.default_country)
+        if did is None or did.callback is None or not did.callback.enabled or number is None:
+            return FORBIDDEN
+        if self.is_listed(did, number):
+            return CallOut(did.number, number)
+        cb = did.callback
+        verdict = check_destination("00" + number[1:], self.config.default_country,
+                                    cb.allowed_prefixes, cb.denied_types)
+        return CallOut(did.number, number) if isinstance(verdict, Allowed) else FORBIDDEN

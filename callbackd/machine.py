@@ -1,0 +1,404 @@
+"""The callback state machine: one object per callback request, events in, commands out.
+
+Plain Python with no I/O and no clock, so every transition and timer is unit-tested
+without a network. The engine owns SIP, media and timers; it feeds each event to
+the machine and carries out the commands returned, in order.
+
+Rules of the road:
+- `now` is wall-clock epoch seconds (`time.time()`); it only stamps the CDR.
+- Timers are named. `StartTimer` (re)starts one: a timer of the same name that is
+  still running is replaced. A timer event the machine did not start, or already
+  cancelled, is ignored, so a late timer never moves the call.
+- An event that makes no sense in the current state returns [] and changes
+  nothing; no event raises. A leg answered after the machine cancelled it is the
+  engine's to hang up: the machine has moved on.
+- `Finished(cdr)` is the last command, exactly once; every later event returns [].
+"""
+
+import enum
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from vpbx import model
+from vpbx.policy import Allowed, check_destination
+
+
+class Timer(enum.StrEnum):
+    """Timers by name (str values: the engine may key its handles by them)."""
+
+    DELAY = "delay"  # trigger -> first call to the employee
+    EMPLOYEE_RING = "employee_ring"
+    RETRY = "retry"
+    PROMPT = "prompt"  # the length of "enter the number"
+    DIGITS = "digits"  # inter-digit timeout
+    MESSAGE = "message"  # the length of an error or failure message
+    CLIENT_RING = "client_ring"
+
+
+class Prompt(enum.StrEnum):
+    """Prompts by name; the engine maps each to a recording in the DID's language."""
+
+    ENTER_NUMBER = "enter_number"
+    INVALID_NUMBER = "invalid_number"
+    NOT_ALLOWED = "not_allowed"
+    CLIENT_BUSY = "client_busy"
+    CLIENT_NO_ANSWER = "client_no_answer"
+    CLIENT_FAILED = "client_failed"
+
+
+# Keys of RFC 4733 / SIP INFO digit events that mean something here.
+NUMBER_KEYS = frozenset("0123456789")
+CLEAR_KEY = "*"
+END_KEY = "#"
+KEYS = NUMBER_KEYS | {CLEAR_KEY, END_KEY}
+
+# Final replies from the client's side, by what the employee is told. 603 is a
+# person declining the call, like busy, not a fault of the PBX. Tuples, not sets:
+# a garbage code must compare unequal, not fail to hash.
+CLIENT_BUSY_CODES = (486, 600, 603)
+CLIENT_NO_ANSWER_CODES = (408, 480, 487)
+
+# What a CDR's `result` and `ended_by` may say.
+RESULTS = ("bridged", "employee_no_answer", "no_digits", "denied", "client_busy", "client_no_answer",
+           "failed")
+ENDED_BY = ("employee", "client", "engine")
+
+
+class State(enum.StrEnum):
+    NEW = "new"
+    WAITING = "waiting"  # the "delay" after the trigger
+    CALLING_EMPLOYEE = "calling_employee"
+    RETRY_WAIT = "retry_wait"
+    PROMPTING = "prompting"  # "enter the number" plays; a key stops it
+    COLLECTING = "collecting"
+    ERROR_MESSAGE = "error_message"  # invalid/not allowed plays, then prompt again or give up
+    DIALING_CLIENT = "dialing_client"  # the employee hears ringback
+    GOODBYE = "goodbye"  # the client was not reached: a message, then hang up
+    BRIDGED = "bridged"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class StartTimer:
+    name: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CancelTimer:
+    name: str
+
+
+@dataclass(frozen=True)
+class CallEmployee:
+    attempt: int
+    ring_timeout: float
+
+
+@dataclass(frozen=True)
+class CancelEmployee:
+    """CANCEL the employee's unanswered INVITE."""
+
+
+@dataclass(frozen=True)
+class HangUpEmployee:
+    """BYE to the employee's answered leg."""
+
+
+@dataclass(frozen=True)
+class PlayPrompt:
+    """Play to the employee, replacing whatever plays."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class StopPrompt:
+    """Stop the prompt or ringback the employee hears."""
+
+
+@dataclass(frozen=True)
+class PlayRingback:
+    pass
+
+
+@dataclass(frozen=True)
+class DialClient:
+    e164: str
+    dialled: str
+
+
+@dataclass(frozen=True)
+class CancelClient:
+    """CANCEL the client's unanswered INVITE."""
+
+
+@dataclass(frozen=True)
+class HangUpClient:
+    """BYE to the client's answered leg."""
+
+
+@dataclass(frozen=True)
+class Bridge:
+    """Connect the employee's and the client's media (recording per the DID's settings)."""
+
+
+@dataclass
+class Cdr:
+    """One record per callback; timestamps are epoch seconds, None when it never happened."""
+
+    did: str
+    employee: str
+    trigger_at: float
+    client_dialled: str | None = None
+    client_e164: str | None = None
+    employee_answer_at: float | None = None
+    client_answer_at: float | None = None
+    end_at: float | None = None
+    result: str | None = None
+    bridged_seconds: float = 0.0
+    recording: str | None = None  # the engine fills it: the machine knows no files
+    employee_attempts: int = 0
+    ended_by: str | None = None  # "employee", "client" or "engine"
+
+    def to_json_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("trigger_at", "employee_answer_at", "client_answer_at", "end_at"):
+            out[key] = _iso(out[key])
+        return out
+
+
+@dataclass(frozen=True)
+class Finished:
+    cdr: Cdr
+
+
+Command = (StartTimer | CancelTimer | CallEmployee | CancelEmployee | HangUpEmployee | PlayPrompt
+           | StopPrompt | PlayRingback | DialClient | CancelClient | HangUpClient | Bridge | Finished)
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+class Callback:
+    """One callback request, from the trigger to the CDR."""
+
+    def __init__(
+        self,
+        did: str,
+        employee: str,
+        settings: model.Callback,
+        country: str,
+        prompt_seconds: Mapping[str, float],
+        client_ring_timeout: float,
+        now: float,
+    ):
+        missing = [name for name in Prompt if name not in prompt_seconds]
+        if missing:
+            raise ValueError(f"prompt_seconds lacks {', '.join(missing)}")
+        self.settings = settings
+        self.country = country
+        self.prompt_seconds = dict(prompt_seconds)
+        self.client_ring_timeout = client_ring_timeout
+        self.cdr = Cdr(did=did, employee=employee, trigger_at=now)
+        self.state = State.NEW
+        self._timers: set[str] = set()
+        self._digits = ""
+        self._keys_pressed = False  # any key at all: a person, not a voicemail
+        self._failed_numbers = 0
+        self._result: str | None = None  # decided before the goodbye message plays
+
+    # --- events -----------------------------------------------------------
+
+    def start(self, now: float) -> list[Command]:
+        if self.state is not State.NEW:
+            return []
+        self.state = State.WAITING
+        return [self._start(Timer.DELAY, self.settings.delay)]
+
+    def on_timer(self, name: str, now: float) -> list[Command]:
+        if not isinstance(name, str) or name not in self._timers:
+            return []  # not ours, or cancelled while its event was on the way
+        self._timers.discard(name)
+        match (self.state, name):
+            case (State.WAITING, Timer.DELAY) | (State.RETRY_WAIT, Timer.RETRY):
+                return self._call_employee()
+            case (State.CALLING_EMPLOYEE, Timer.EMPLOYEE_RING):
+                return [CancelEmployee(), *self._employee_not_reached(now)]
+            case (State.PROMPTING, Timer.PROMPT):
+                self.state = State.COLLECTING
+                return [self._start(Timer.DIGITS, self.settings.inter_digit_timeout)]
+            case (State.COLLECTING, Timer.DIGITS):
+                if not self._keys_pressed:
+                    # Nobody typed anything since the answer: a voicemail took the call.
+                    return self._finish(now, "no_digits", "engine", HangUpEmployee())
+                return self._evaluate(now)
+            case (State.ERROR_MESSAGE, Timer.MESSAGE):
+                if self._failed_numbers >= self.settings.attempts:
+                    return self._finish(now, "denied", "engine", HangUpEmployee())
+                return self._prompt()
+            case (State.DIALING_CLIENT, Timer.CLIENT_RING):
+                return [CancelClient(), *self._goodbye("client_no_answer", Prompt.CLIENT_NO_ANSWER)]
+            case (State.GOODBYE, Timer.MESSAGE):
+                return self._finish(now, self._result, "engine", HangUpEmployee())
+        return []
+
+    def on_employee_ringing(self, now: float) -> list[Command]:
+        return []
+
+    def on_employee_answered(self, now: float) -> list[Command]:
+        if self.state is not State.CALLING_EMPLOYEE:
+            return []
+        self.cdr.employee_answer_at = now
+        return [*self._cancel(Timer.EMPLOYEE_RING), *self._prompt()]
+
+    def on_employee_failed(self, code: int, now: float) -> list[Command]:
+        if self.state is not State.CALLING_EMPLOYEE:
+            return []
+        # Busy, no answer, declined or any other final reply: all are worth another try.
+        return [*self._cancel(Timer.EMPLOYEE_RING), *self._employee_not_reached(now)]
+
+    def on_employee_hangup(self, now: float) -> list[Command]:
+        if self.state in (State.PROMPTING, State.COLLECTING, State.ERROR_MESSAGE):
+            # No number was accepted; a refused one makes it a denied callback.
+            return self._finish(now, "denied" if self._failed_numbers else "no_digits", "employee")
+        if self.state is State.DIALING_CLIENT:
+            return self._finish(now, "failed", "employee", CancelClient())
+        if self.state is State.GOODBYE:
+            return self._finish(now, self._result, "employee")
+        if self.state is State.BRIDGED:
+            return self._finish(now, "bridged", "employee", HangUpClient())
+        return []
+
+    def on_digit(self, digit: str, now: float) -> list[Command]:
+        if self.state not in (State.PROMPTING, State.COLLECTING):
+            return []  # keys during a message or ringback are dropped; the next prompt asks again
+        if not isinstance(digit, str) or digit not in KEYS:
+            return []
+        self._keys_pressed = True
+        out: list[Command] = []
+        if self.state is State.PROMPTING:
+            out += [StopPrompt(), *self._cancel(Timer.PROMPT)]
+            self.state = State.COLLECTING
+        if digit == END_KEY:
+            return out + self._evaluate(now)
+        if digit == CLEAR_KEY:
+            self._digits = ""
+        else:
+            self._digits += digit
+            if len(self._digits) >= self.settings.max_digits:
+                return out + self._evaluate(now)
+        return [*out, self._start(Timer.DIGITS, self.settings.inter_digit_timeout)]
+
+    def on_client_ringing(self, now: float) -> list[Command]:
+        return []
+
+    def on_client_answered(self, now: float) -> list[Command]:
+        if self.state is not State.DIALING_CLIENT:
+            return []
+        self.cdr.client_answer_at = now
+        self.state = State.BRIDGED
+        return [*self._cancel(Timer.CLIENT_RING), StopPrompt(), Bridge()]
+
+    def on_client_failed(self, code: int, now: float) -> list[Command]:
+        if self.state is not State.DIALING_CLIENT:
+            return []
+        out = self._cancel(Timer.CLIENT_RING)
+        if code in CLIENT_BUSY_CODES:
+            return out + self._goodbye("client_busy", Prompt.CLIENT_BUSY)
+        if code in CLIENT_NO_ANSWER_CODES:
+            return out + self._goodbye("client_no_answer", Prompt.CLIENT_NO_ANSWER)
+        return out + self._goodbye("failed", Prompt.CLIENT_FAILED)
+
+    def on_client_hangup(self, now: float) -> list[Command]:
+        if self.state is not State.BRIDGED:
+            return []
+        return self._finish(now, "bridged", "client", HangUpEmployee())
+
+    def abort(self, now: float) -> list[Command]:
+        """The engine stops (shutdown, media failure): release every leg, write the CDR."""
+        legs: dict[State, tuple[Command, ...]] = {
+            State.CALLING_EMPLOYEE: (CancelEmployee(),),
+            State.PROMPTING: (HangUpEmployee(),),
+            State.COLLECTING: (HangUpEmployee(),),
+            State.ERROR_MESSAGE: (HangUpEmployee(),),
+            State.DIALING_CLIENT: (CancelClient(), HangUpEmployee()),
+            State.GOODBYE: (HangUpEmployee(),),
+            State.BRIDGED: (HangUpClient(), HangUpEmployee()),
+        }
+        if self.state is State.DONE:
+            return []
+        result = "bridged" if self.state is State.BRIDGED else "failed"
+        return self._finish(now, result, "engine", *legs.get(self.state, ()))
+
+    # --- steps ------------------------------------------------------------
+
+    def _start(self, name: str, seconds: float) -> StartTimer:
+        self._timers.add(name)
+        return StartTimer(name, seconds)
+
+    def _cancel(self, name: str) -> list[Command]:
+        if name not in self._timers:
+            return []
+        self._timers.discard(name)
+        return [CancelTimer(name)]
+
+    def _call_employee(self) -> list[Command]:
+        self.cdr.employee_attempts += 1
+        self.state = State.CALLING_EMPLOYEE
+        timeout = self.settings.ring_timeout
+        return [CallEmployee(self.cdr.employee_attempts, timeout), self._start(Timer.EMPLOYEE_RING, timeout)]
+
+    def _employee_not_reached(self, now: float) -> list[Command]:
+        if self.cdr.employee_attempts > self.settings.retries:
+            return self._finish(now, "employee_no_answer", "engine")
+        self.state = State.RETRY_WAIT
+        return [self._start(Timer.RETRY, self.settings.retry_interval)]
+
+    def _prompt(self) -> list[Command]:
+        self._digits = ""
+        self.state = State.PROMPTING
+        seconds = self.prompt_seconds[Prompt.ENTER_NUMBER]
+        return [PlayPrompt(Prompt.ENTER_NUMBER), self._start(Timer.PROMPT, seconds)]
+
+    def _evaluate(self, now: float) -> list[Command]:
+        """The number is complete: dial it if the DID's policy allows, else say why."""
+        out = self._cancel(Timer.DIGITS)
+        s = self.settings
+        verdict = check_destination(self._digits, self.country, s.allowed_prefixes, s.denied_types)
+        self.cdr.client_dialled = self._digits
+        self.cdr.client_e164 = verdict.e164
+        self._digits = ""
+        if isinstance(verdict, Allowed):
+            self.state = State.DIALING_CLIENT
+            return [
+                *out,
+                PlayRingback(),
+                DialClient(verdict.e164, self.cdr.client_dialled),
+                self._start(Timer.CLIENT_RING, self.client_ring_timeout),
+            ]
+        self._failed_numbers += 1
+        self.state = State.ERROR_MESSAGE
+        prompt = Prompt.INVALID_NUMBER if verdict.reason == "invalid" else Prompt.NOT_ALLOWED
+        return [*out, PlayPrompt(prompt), self._start(Timer.MESSAGE, self.prompt_seconds[prompt])]
+
+    def _goodbye(self, result: str, prompt: str) -> list[Command]:
+        self._result = result
+        self.state = State.GOODBYE
+        return [StopPrompt(), PlayPrompt(prompt), self._start(Timer.MESSAGE, self.prompt_seconds[prompt])]
+
+    def _finish(self, now: float, result: str | None, ended_by: str, *legs: Command) -> list[Command]:
+        cancels = [CancelTimer(name) for name in sorted(self._timers)]
+        self._timers.clear()
+        self.cdr.end_at = now
+        self.cdr.result = result
+        self.cdr.ended_by = ended_by
+        if self.cdr.client_answer_at is not None:
+            self.cdr.bridged_seconds = round(max(0.0, now - self.cdr.client_answer_at), 3)
+        self.state = State.DONE
+        return [*cancels, *legs, Finished(self.cdr)]

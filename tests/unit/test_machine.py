@@ -1,0 +1,730 @@
+"""The callback state machine, told as the stories of calls: events in, commands out."""
+
+import pytest
+
+from callbackd.machine import (
+    Bridge,
+    Callback,
+    CallEmployee,
+    CancelClient,
+    CancelEmployee,
+    CancelTimer,
+    Cdr,
+    DialClient,
+    Finished,
+    HangUpClient,
+    HangUpEmployee,
+    PlayPrompt,
+    PlayRingback,
+    StartTimer,
+    State,
+    StopPrompt,
+)
+from vpbx import model
+
+DID = "+421233000111"
+EMPLOYEE = "+421905111222"
+CLIENT_TYPED = "0905123456"
+CLIENT = "+421905123456"
+PREMIUM_TYPED = "0900123456"
+T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
+CLIENT_RING_TIMEOUT = 30.0
+PROMPT_SECONDS = {
+    "enter_number": 4.0,
+    "invalid_number": 2.0,
+    "not_allowed": 2.5,
+    "client_busy": 3.0,
+    "client_no_answer": 3.5,
+    "client_failed": 2.25,
+}
+
+
+class Story:
+    """One callback driven event by event, with a clock and the timers the machine started.
+
+    `fire(name)` lets a running timer expire: the clock moves on by its seconds, and a
+    timer the machine never started cannot fire, so the story checks timer discipline.
+    """
+
+    def __init__(self, **settings):
+        settings.setdefault("allowed_prefixes", ("+421",))
+        self.settings = model.Callback(enabled=True, list="sales-mobiles", **settings)
+        self.now = T0
+        self.machine = Callback(
+            DID, EMPLOYEE, self.settings, "SK", PROMPT_SECONDS, CLIENT_RING_TIMEOUT, now=T0
+        )
+        self.said: list = []
+        self.timers: dict[str, float] = {}
+
+    def __call__(self, event: str, *args, after: float = 0.0) -> list:
+        self.now += after
+        out = getattr(self.machine, event)(*args, self.now)
+        for command in out:
+            if isinstance(command, StartTimer):
+                self.timers[command.name] = command.seconds
+            elif isinstance(command, CancelTimer):
+                assert self.timers.pop(command.name, None) is not None, f"{command} was not running"
+        self.said += out
+        return out
+
+    def fire(self, name: str) -> list:
+        assert name in self.timers, f"timer {name!r} is not running (running: {sorted(self.timers)})"
+        return self("on_timer", name, after=self.timers.pop(name))
+
+    def type(self, keys: str, gap: float = 0.5) -> list:
+        out = []
+        for key in keys:
+            out += self("on_digit", key, after=gap)
+        return out
+
+    @property
+    def finished(self) -> list[Finished]:
+        return [c for c in self.said if isinstance(c, Finished)]
+
+    @property
+    def cdr(self) -> Cdr:
+        (done,) = self.finished
+        return done.cdr
+
+    def dialled(self) -> list[DialClient]:
+        return [c for c in self.said if isinstance(c, DialClient)]
+
+
+def waiting(**settings) -> Story:
+    story = Story(**settings)
+    story("start")
+    return story
+
+
+def ringing(**settings) -> Story:
+    story = waiting(**settings)
+    story.fire("delay")
+    return story
+
+
+def answered(**settings) -> Story:
+    story = ringing(**settings)
+    story("on_employee_answered", after=3.0)
+    return story
+
+
+def collecting(**settings) -> Story:
+    story = answered(**settings)
+    story.fire("prompt")
+    return story
+
+
+def refused_once(**settings) -> Story:
+    story = answered(**settings)
+    story.type(PREMIUM_TYPED + "#")
+    return story
+
+
+def dialing(**settings) -> Story:
+    story = answered(**settings)
+    story.type(CLIENT_TYPED + "#")
+    return story
+
+
+def bridged(**settings) -> Story:
+    story = dialing(**settings)
+    story("on_client_answered", after=6.0)
+    return story
+
+
+def goodbye(**settings) -> Story:
+    story = dialing(**settings)
+    story("on_client_failed", 486, after=4.0)
+    return story
+
+
+# --- the happy path ---------------------------------------------------------------
+
+
+def test_the_happy_path_says_exactly_these_commands_in_order():
+    story = Story()
+    assert story("start") == [StartTimer("delay", 1.0)]
+    assert story.fire("delay") == [CallEmployee(1, 20), StartTimer("employee_ring", 20)]
+    assert story("on_employee_ringing", after=0.5) == []
+    assert story("on_employee_answered", after=4.0) == [
+        CancelTimer("employee_ring"),
+        PlayPrompt("enter_number"),
+        StartTimer("prompt", 4.0),
+    ]
+    assert story("on_digit", "0", after=1.0) == [StopPrompt(), CancelTimer("prompt"), StartTimer("digits", 5)]
+    assert story.type("905123456") == [StartTimer("digits", 5)] * 9
+    assert story("on_digit", "#", after=0.5) == [
+        CancelTimer("digits"),
+        PlayRingback(),
+        DialClient(CLIENT, CLIENT_TYPED),
+        StartTimer("client_ring", CLIENT_RING_TIMEOUT),
+    ]
+    assert story("on_client_ringing", after=1.0) == []
+    assert story("on_client_answered", after=7.0) == [CancelTimer("client_ring"), StopPrompt(), Bridge()]
+    out = story("on_client_hangup", after=62.5)
+    assert out[:-1] == [HangUpEmployee()]
+    assert out[-1] == Finished(story.cdr)
+    assert story.timers == {}
+
+
+def test_the_happy_path_writes_a_cdr_of_the_whole_story():
+    story = bridged()
+    answered_at = story.now
+    story("on_client_hangup", after=62.5)
+    assert story.cdr == Cdr(
+        did=DID,
+        employee=EMPLOYEE,
+        trigger_at=T0,
+        client_dialled=CLIENT_TYPED,
+        client_e164=CLIENT,
+        employee_answer_at=T0 + 1.0 + 3.0,
+        client_answer_at=answered_at,
+        end_at=answered_at + 62.5,
+        result="bridged",
+        bridged_seconds=62.5,
+        recording=None,
+        employee_attempts=1,
+        ended_by="client",
+    )
+
+
+def test_the_state_follows_the_call():
+    story = Story()
+    seen = [story.machine.state]
+    story("start")
+    seen.append(story.machine.state)
+    story.fire("delay")
+    seen.append(story.machine.state)
+    story("on_employee_answered")
+    seen.append(story.machine.state)
+    story.fire("prompt")
+    seen.append(story.machine.state)
+    story.type(CLIENT_TYPED + "#")
+    seen.append(story.machine.state)
+    story("on_client_answered")
+    seen.append(story.machine.state)
+    story("on_employee_hangup")
+    seen.append(story.machine.state)
+    assert seen == [
+        State.NEW, State.WAITING, State.CALLING_EMPLOYEE, State.PROMPTING, State.COLLECTING,
+        State.DIALING_CLIENT, State.BRIDGED, State.DONE,
+    ]
+    assert [str(s) for s in seen][:2] == ["new", "waiting"]
+
+
+# --- calling the employee back ------------------------------------------------------
+
+
+def test_start_waits_the_dids_delay_before_calling_back():
+    assert Story(delay=2.5)("start") == [StartTimer("delay", 2.5)]
+
+
+def test_start_twice_starts_once():
+    story = Story()
+    story("start")
+    assert story("start") == []
+
+
+def test_the_delay_calls_the_employee_with_the_dids_ring_timeout():
+    story = Story(ring_timeout=35)
+    story("start")
+    assert story.fire("delay") == [CallEmployee(1, 35), StartTimer("employee_ring", 35)]
+
+
+def test_an_employee_who_does_not_answer_is_cancelled_at_the_ring_timeout_and_tried_again_later():
+    story = ringing(retry_interval=45)
+    assert story.fire("employee_ring") == [CancelEmployee(), StartTimer("retry", 45)]
+    assert story.machine.state is State.RETRY_WAIT
+    assert story.fire("retry") == [CallEmployee(2, 20), StartTimer("employee_ring", 20)]
+
+
+def test_a_busy_employee_is_tried_again_after_the_retry_interval():
+    story = ringing()
+    out = story("on_employee_failed", 486, after=2.0)
+    assert out == [CancelTimer("employee_ring"), StartTimer("retry", 30)]
+    assert story.fire("retry") == [CallEmployee(2, 20), StartTimer("employee_ring", 20)]
+
+
+@pytest.mark.parametrize("code", [408, 480, 486, 487, 500, 503, 600, 603])
+def test_any_final_failure_of_the_employee_leg_is_worth_a_retry(code):
+    story = ringing()
+    assert story("on_employee_failed", code)[-1] == StartTimer("retry", 30)
+
+
+def test_after_the_last_retry_the_callback_ends_as_employee_no_answer():
+    story = ringing()  # one retry by default
+    story.fire("employee_ring")
+    story.fire("retry")
+    out = story("on_employee_failed", 480, after=20.0)
+    assert out == [CancelTimer("employee_ring"), Finished(story.cdr)]
+    assert story.cdr.result == "employee_no_answer"
+    assert story.cdr.employee_attempts == 2
+    assert story.cdr.ended_by == "engine"
+    assert story.cdr.employee_answer_at is None
+    assert story.cdr.end_at == story.now
+
+
+def test_the_last_ring_timeout_cancels_the_employee_and_ends():
+    story = ringing(retries=0)
+    story.fire("employee_ring")
+    assert story.said[-2:] == [CancelEmployee(), Finished(story.cdr)]
+    assert story.cdr.result == "employee_no_answer"
+
+
+def test_every_retry_is_numbered():
+    story = ringing(retries=2)
+    for _ in range(2):
+        story("on_employee_failed", 486)
+        story.fire("retry")
+    story("on_employee_failed", 486)
+    assert [c.attempt for c in story.said if isinstance(c, CallEmployee)] == [1, 2, 3]
+    assert story.cdr.employee_attempts == 3
+
+
+def test_an_employee_answering_a_retry_gets_the_prompt():
+    story = ringing()
+    story.fire("employee_ring")
+    story.fire("retry")
+    assert story("on_employee_answered")[1:] == [PlayPrompt("enter_number"), StartTimer("prompt", 4.0)]
+
+
+# --- collecting the number ----------------------------------------------------------
+
+
+def test_the_answered_employee_hears_the_prompt_and_the_answer_is_stamped():
+    story = ringing()
+    assert story("on_employee_answered", after=3.0) == [
+        CancelTimer("employee_ring"),
+        PlayPrompt("enter_number"),
+        StartTimer("prompt", 4.0),
+    ]
+    assert story.machine.cdr.employee_answer_at == T0 + 1.0 + 3.0
+
+
+def test_when_the_prompt_ends_the_inter_digit_timer_starts():
+    story = answered(inter_digit_timeout=7)
+    assert story.fire("prompt") == [StartTimer("digits", 7)]
+
+
+def test_a_key_during_the_prompt_stops_the_prompt():
+    story = answered()
+    assert story("on_digit", "0", after=1.0) == [StopPrompt(), CancelTimer("prompt"), StartTimer("digits", 5)]
+    assert story.machine.state is State.COLLECTING
+
+
+def test_each_digit_restarts_the_inter_digit_timer():
+    story = collecting()
+    assert story.type("09") == [StartTimer("digits", 5), StartTimer("digits", 5)]
+
+
+def test_hash_ends_the_number():
+    story = collecting()
+    story.type(CLIENT_TYPED)
+    assert story("on_digit", "#")[:2] == [CancelTimer("digits"), PlayRingback()]
+    assert story.dialled() == [DialClient(CLIENT, CLIENT_TYPED)]
+
+
+def test_the_inter_digit_timeout_ends_the_number():
+    story = collecting()
+    story.type(CLIENT_TYPED)
+    assert story.fire("digits") == [
+        PlayRingback(),
+        DialClient(CLIENT, CLIENT_TYPED),
+        StartTimer("client_ring", CLIENT_RING_TIMEOUT),
+    ]
+
+
+def test_star_clears_the_digits_typed_so_far():
+    story = collecting()
+    story.type("0911*")
+    story.type(CLIENT_TYPED + "#")
+    assert story.dialled() == [DialClient(CLIENT, CLIENT_TYPED)]
+
+
+def test_star_restarts_the_inter_digit_timer():
+    story = collecting()
+    assert story.type("0*") == [StartTimer("digits", 5)] * 2
+
+
+def test_the_number_ends_by_itself_at_max_digits():
+    story = collecting(max_digits=10)
+    out = story.type(CLIENT_TYPED)
+    assert out[-3:] == [PlayRingback(), DialClient(CLIENT, CLIENT_TYPED), StartTimer("client_ring", 30.0)]
+    assert story("on_digit", "#") == []  # the number is already taken
+
+
+def test_fifteen_digits_are_the_most_a_number_can_have():
+    story = collecting()
+    out = story.type("0" * 15)
+    assert out[-3:] == [CancelTimer("digits"), PlayPrompt("invalid_number"), StartTimer("message", 2.0)]
+    assert story.machine.cdr.client_dialled == "0" * 15
+
+
+def test_a_voicemail_that_never_types_is_hung_up_and_no_client_is_dialled():
+    story = collecting()
+    out = story.fire("digits")
+    assert out == [HangUpEmployee(), Finished(story.cdr)]
+    assert story.cdr.result == "no_digits"
+    assert story.cdr.ended_by == "engine"
+    assert story.cdr.client_dialled is None
+    assert story.dialled() == []
+
+
+def test_hash_alone_is_an_invalid_number():
+    story = collecting()
+    assert story("on_digit", "#") == [
+        CancelTimer("digits"),
+        PlayPrompt("invalid_number"),
+        StartTimer("message", 2.0),
+    ]
+
+
+def test_silence_after_a_refused_number_is_another_failed_attempt_not_a_voicemail():
+    story = refused_once()
+    story.fire("message")
+    story.fire("prompt")
+    assert story.fire("digits") == [PlayPrompt("invalid_number"), StartTimer("message", 2.0)]
+
+
+# --- the destination policy ---------------------------------------------------------
+
+
+def test_an_invalid_number_is_told_and_the_prompt_repeats():
+    story = collecting()
+    assert story.type("0905#")[-2:] == [PlayPrompt("invalid_number"), StartTimer("message", 2.0)]
+    assert story.machine.state is State.ERROR_MESSAGE
+    assert story.fire("message") == [PlayPrompt("enter_number"), StartTimer("prompt", 4.0)]
+    assert story.machine.state is State.PROMPTING
+
+
+def test_a_premium_rate_number_is_not_allowed_and_the_prompt_repeats():
+    story = answered()
+    assert story.type(PREMIUM_TYPED + "#")[-2:] == [PlayPrompt("not_allowed"), StartTimer("message", 2.5)]
+    assert story.fire("message") == [PlayPrompt("enter_number"), StartTimer("prompt", 4.0)]
+    assert story.dialled() == []
+
+
+def test_a_foreign_number_is_not_allowed_by_the_default_prefix():
+    story = answered()
+    assert story.type("00420601123456#")[-2:] == [PlayPrompt("not_allowed"), StartTimer("message", 2.5)]
+
+
+def test_a_foreign_number_is_dialled_when_the_did_allows_its_prefix():
+    story = answered(allowed_prefixes=("+421", "+420"))
+    story.type("00420601123456#")
+    assert story.dialled() == [DialClient("+420601123456", "00420601123456")]
+
+
+def test_a_refused_number_then_a_valid_one_is_dialled():
+    story = refused_once()
+    story.fire("message")
+    story.type(CLIENT_TYPED + "#")
+    assert story.dialled() == [DialClient(CLIENT, CLIENT_TYPED)]
+
+
+def test_digits_of_a_refused_attempt_do_not_leak_into_the_next():
+    story = answered()
+    story.type("0905")
+    story.fire("digits")
+    story.fire("message")
+    story.type(CLIENT_TYPED + "#")
+    assert story.dialled() == [DialClient(CLIENT, CLIENT_TYPED)]
+
+
+def test_after_the_last_attempt_the_employee_hears_why_and_is_hung_up_as_denied():
+    story = answered()  # three attempts by default
+    for _ in range(2):
+        story.type(PREMIUM_TYPED + "#")
+        story.fire("message")
+    assert story.type(PREMIUM_TYPED + "#")[-2:] == [PlayPrompt("not_allowed"), StartTimer("message", 2.5)]
+    assert story.fire("message") == [HangUpEmployee(), Finished(story.cdr)]
+    assert story.cdr.result == "denied"
+    assert story.cdr.client_dialled == PREMIUM_TYPED
+    assert story.cdr.client_e164 == "+421900123456"
+    assert story.dialled() == []
+
+
+def test_the_number_of_attempts_is_the_dids():
+    story = refused_once(attempts=1)
+    assert story.fire("message") == [HangUpEmployee(), Finished(story.cdr)]
+
+
+def test_keys_during_an_error_message_are_dropped():
+    story = refused_once()
+    assert story.type(CLIENT_TYPED + "#") == []
+    story.fire("message")
+    assert story.dialled() == []
+
+
+# --- calling the client -------------------------------------------------------------
+
+
+def test_the_client_ringing_changes_nothing():
+    assert dialing()("on_client_ringing") == []
+
+
+def test_the_client_answering_stops_the_ringback_and_bridges():
+    story = dialing()
+    assert story("on_client_answered", after=5.0) == [CancelTimer("client_ring"), StopPrompt(), Bridge()]
+    assert story.machine.cdr.client_answer_at == story.now
+
+
+@pytest.mark.parametrize(
+    ("code", "result", "message"),
+    [
+        (486, "client_busy", "client_busy"),
+        (600, "client_busy", "client_busy"),
+        (603, "client_busy", "client_busy"),
+        (408, "client_no_answer", "client_no_answer"),
+        (480, "client_no_answer", "client_no_answer"),
+        (487, "client_no_answer", "client_no_answer"),
+        (404, "failed", "client_failed"),
+        (500, "failed", "client_failed"),
+        (503, "failed", "client_failed"),
+    ],
+)
+def test_a_client_not_reached_is_explained_to_the_employee_who_is_then_hung_up(code, result, message):
+    story = dialing()
+    assert story("on_client_failed", code, after=4.0) == [
+        CancelTimer("client_ring"),
+        StopPrompt(),
+        PlayPrompt(message),
+        StartTimer("message", PROMPT_SECONDS[message]),
+    ]
+    assert story.fire("message") == [HangUpEmployee(), Finished(story.cdr)]
+    assert story.cdr.result == result
+    assert story.cdr.ended_by == "engine"
+    assert story.cdr.client_answer_at is None
+    assert story.cdr.bridged_seconds == 0.0
+
+
+def test_a_client_who_does_not_answer_is_cancelled_at_the_ring_timeout():
+    story = dialing()
+    assert story.fire("client_ring") == [
+        CancelClient(),
+        StopPrompt(),
+        PlayPrompt("client_no_answer"),
+        StartTimer("message", 3.5),
+    ]
+    story.fire("message")
+    assert story.cdr.result == "client_no_answer"
+
+
+def test_the_employee_hanging_up_during_the_goodbye_keeps_the_clients_result():
+    story = goodbye()
+    assert story("on_employee_hangup", after=1.0) == [CancelTimer("message"), Finished(story.cdr)]
+    assert story.cdr.result == "client_busy"
+    assert story.cdr.ended_by == "employee"
+
+
+# --- hanging up ---------------------------------------------------------------------
+
+
+def test_the_client_hanging_up_after_the_bridge_hangs_up_the_employee():
+    story = bridged()
+    assert story("on_client_hangup", after=90.25) == [HangUpEmployee(), Finished(story.cdr)]
+    assert story.cdr.result == "bridged"
+    assert story.cdr.ended_by == "client"
+    assert story.cdr.bridged_seconds == 90.25
+
+
+def test_the_employee_hanging_up_after_the_bridge_hangs_up_the_client():
+    story = bridged()
+    assert story("on_employee_hangup", after=12.0) == [HangUpClient(), Finished(story.cdr)]
+    assert story.cdr.result == "bridged"
+    assert story.cdr.ended_by == "employee"
+    assert story.cdr.bridged_seconds == 12.0
+
+
+def test_the_employee_hanging_up_while_the_client_rings_cancels_the_client():
+    story = dialing()
+    assert story("on_employee_hangup", after=3.0) == [
+        CancelTimer("client_ring"),
+        CancelClient(),
+        Finished(story.cdr),
+    ]
+    assert story.cdr.result == "failed"
+    assert story.cdr.ended_by == "employee"
+    assert story.cdr.client_e164 == CLIENT
+
+
+def test_the_employee_hanging_up_during_the_prompt_is_no_digits():
+    story = answered()
+    assert story("on_employee_hangup", after=1.0) == [CancelTimer("prompt"), Finished(story.cdr)]
+    assert story.cdr.result == "no_digits"
+    assert story.cdr.ended_by == "employee"
+
+
+def test_the_employee_hanging_up_while_typing_is_no_digits():
+    story = collecting()
+    story.type("0905")
+    assert story("on_employee_hangup") == [CancelTimer("digits"), Finished(story.cdr)]
+    assert story.cdr.result == "no_digits"
+
+
+def test_the_employee_hanging_up_after_a_refused_number_is_denied():
+    story = refused_once()
+    assert story("on_employee_hangup") == [CancelTimer("message"), Finished(story.cdr)]
+    assert story.cdr.result == "denied"
+
+
+# --- the engine stops -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reach", "legs", "result"),
+    [
+        (Story, [], "failed"),
+        (waiting, [], "failed"),
+        (ringing, [CancelEmployee()], "failed"),
+        (answered, [HangUpEmployee()], "failed"),
+        (refused_once, [HangUpEmployee()], "failed"),
+        (dialing, [CancelClient(), HangUpEmployee()], "failed"),
+        (goodbye, [HangUpEmployee()], "failed"),
+        (bridged, [HangUpClient(), HangUpEmployee()], "bridged"),
+    ],
+    ids=["new", "waiting", "ringing", "prompting", "error-message", "dialing", "goodbye", "bridged"],
+)
+def test_abort_releases_every_leg_and_writes_the_cdr(reach, legs, result):
+    story = reach()
+    out = story("abort", after=2.0)
+    assert [c for c in out if not isinstance(c, CancelTimer)] == [*legs, Finished(story.cdr)]
+    assert story.timers == {}
+    assert story.cdr.result == result
+    assert story.cdr.ended_by == "engine"
+
+
+# --- what must never move the call ----------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["A", "D", "x", "", "12", " ", "+", "٣", None, 5, b"1", ["1"], {"1": 1}])
+def test_garbage_keys_are_ignored(key):
+    story = collecting()
+    story.type("0905")
+    assert story("on_digit", key) == []
+    story.type("123456#")
+    assert story.dialled() == [DialClient(CLIENT, CLIENT_TYPED)]
+
+
+@pytest.mark.parametrize("name", ["bogus", "", None, 3, ["delay"], "delay", "employee_ring"])
+def test_unknown_stale_and_cancelled_timers_are_ignored(name):
+    story = answered()  # "delay" fired, "employee_ring" cancelled
+    state = story.machine.state
+    assert story("on_timer", name) == []
+    assert story.machine.state is state
+
+
+EVENTS = {
+    "start": (),
+    "on_employee_ringing": (),
+    "on_employee_answered": (),
+    "on_employee_failed": (486,),
+    "on_employee_hangup": (),
+    "on_client_ringing": (),
+    "on_client_answered": (),
+    "on_client_failed": (486,),
+    "on_client_hangup": (),
+}
+# Per state, the events that mean something there; every other one must be ignored.
+MEANINGFUL = {
+    "new": {"start"},
+    "waiting": set(),
+    "calling": {"on_employee_answered", "on_employee_failed"},
+    "prompting": {"on_employee_hangup"},
+    "error-message": {"on_employee_hangup"},
+    "dialing": {"on_employee_hangup", "on_client_answered", "on_client_failed"},
+    "goodbye": {"on_employee_hangup"},
+    "bridged": {"on_employee_hangup", "on_client_hangup"},
+}
+REACH = {
+    "new": Story,
+    "waiting": waiting,
+    "calling": ringing,
+    "prompting": answered,
+    "error-message": refused_once,
+    "dialing": dialing,
+    "goodbye": goodbye,
+    "bridged": bridged,
+}
+
+
+@pytest.mark.parametrize(
+    ("where", "event"),
+    [(where, event) for where, meant in MEANINGFUL.items() for event in EVENTS if event not in meant],
+)
+def test_events_out_of_order_are_ignored(where, event):
+    story = REACH[where]()
+    state, timers = story.machine.state, dict(story.timers)
+    assert story(event, *EVENTS[event]) == []
+    assert story.machine.state is state
+    assert story.timers == timers
+
+
+@pytest.mark.parametrize(
+    "end",
+    [
+        lambda s: s("on_client_hangup"),
+        lambda s: s("on_employee_hangup"),
+        lambda s: s("abort"),
+    ],
+    ids=["client-hangs-up", "employee-hangs-up", "abort"],
+)
+def test_finished_comes_once_and_last_and_then_nothing_moves(end):
+    story = bridged()
+    end(story)
+    assert isinstance(story.said[-1], Finished)
+    for event, args in EVENTS.items():
+        assert story(event, *args) == []
+    for key in "0#*":
+        assert story("on_digit", key) == []
+    for name in ("delay", "employee_ring", "retry", "prompt", "digits", "message", "client_ring"):
+        assert story("on_timer", name) == []
+    assert story("abort") == []
+    assert len(story.finished) == 1
+    assert story.machine.state is State.DONE
+
+
+@pytest.mark.parametrize(
+    ("reach", "timer"),
+    [
+        (lambda: ringing(retries=0), "employee_ring"),
+        (collecting, "digits"),
+        (lambda: refused_once(attempts=1), "message"),
+        (goodbye, "message"),
+    ],
+    ids=["employee-no-answer", "no-digits", "denied", "client-busy"],
+)
+def test_a_timer_that_ends_the_callback_leaves_no_timer_running(reach, timer):
+    story = reach()
+    assert isinstance(story.fire(timer)[-1], Finished)
+    assert story.timers == {}
+
+
+# --- the CDR and the construction -----------------------------------------------------
+
+
+def test_the_cdr_as_json_has_utc_iso_timestamps():
+    story = bridged()
+    story("on_employee_hangup", after=10.0)
+    record = story.cdr.to_json_dict()
+    assert record["trigger_at"] == "2023-11-14T22:13:20.000+00:00"
+    assert record["employee_answer_at"] == "2023-11-14T22:13:24.000+00:00"
+    assert record["end_at"].startswith("2023-11-14T22:")
+    assert record["result"] == "bridged"
+    assert record["client_e164"] == CLIENT
+    assert record["recording"] is None
+
+
+def test_the_cdr_as_json_keeps_what_never_happened_as_none():
+    story = collecting()
+    story.fire("digits")
+    record = story.cdr.to_json_dict()
+    assert record["client_answer_at"] is None
+    assert record["client_dialled"] is None
+    assert record["bridged_seconds"] == 0.0
+
+
+def test_a_missing_prompt_length_is_refused_when_the_callback_is_made():
+    lengths = {k: v for k, v in PROMPT_SECONDS.items() if k != "not_allowed"}
+    with pytest.raises(ValueError, match="not_allowed"):
+        Callback(DID, EMPLOYEE, model.Callback(enabled=True, list="x"), "SK", lengths, 30.0, T0)
