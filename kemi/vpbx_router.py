@@ -31,6 +31,7 @@ GO_ON = 1
 FAILURE_ROUTE = "ksr_failure_manage"
 ONREPLY_ROUTE = "ksr_onreply_manage"
 BRANCH_ROUTE = "ksr_branch_manage"
+TRIGGER_BRANCH_ROUTE = "ksr_branch_trigger"
 
 # What rtpengine does to every SDP it sees: media anchored on the relay.
 RTPENGINE_FLAGS = "replace-origin replace-session-connection ICE=remove"
@@ -38,6 +39,20 @@ RTPENGINE_FLAGS = "replace-origin replace-session-connection ICE=remove"
 # Transaction AVPs that carry the routing scheme across failure routes.
 AVP_DID = "$avp(vpbx_did)"
 AVP_STEP = "$avp(vpbx_step)"
+AVP_TRIGGER = "$avp(vpbx_trigger)"
+AVP_CALLER = "$avp(vpbx_caller)"
+
+# Callback engines: dispatcher set, probed with OPTIONS. The engine marks a
+# trigger it took with this header; anything else (timeout, 5xx) means the
+# caller is routed by the DID's scheme instead.
+ENGINE_SET = 1
+ENGINE_ALGORITHM = 4
+ENGINE_TIMEOUT_MS = 2000
+ENGINE_ACCEPT_HEADER = "X-Vpbx-Callback"
+TRIGGER_DID_HEADER = "X-Vpbx-Did"
+TRIGGER_CALLER_HEADER = "X-Vpbx-Employee"
+# Record-Route parameter of dialogs an engine placed: their media is the engine's.
+ENGINE_DIALOG = "vpbx=engine"
 REGSRC_TABLE = "vpbx_regsrc"
 # pv_auth_check results worth a fresh challenge: nonce expired, no credentials.
 AUTH_RECHALLENGE = (-4, -5)
@@ -128,9 +143,10 @@ class VpbxRouter:
         if KSR.siputils.has_totag() < 0:
             return GO_ON
         if KSR.rr.loose_route() > 0:
-            if KSR.is_BYE():
+            engine_dialog = KSR.rr.check_route_param(ENGINE_DIALOG) > 0
+            if KSR.is_BYE() and not engine_dialog:
                 KSR.rtpengine.rtpengine_delete0()
-            self.ksr_route_relay()
+            self.ksr_route_relay(media=not engine_dialog)
             return STOP
         if KSR.is_ACK():
             if KSR.tm.t_check_trans() > 0:
@@ -168,6 +184,8 @@ class VpbxRouter:
         trunk = self.router.trunk_for(source)
         if trunk is not None:
             return self.decide.FromTrunk(trunk)
+        if KSR.dispatcher.ds_is_from_list(ENGINE_SET) > 0:
+            return self.decide.FromEngine()
         user = KSR.pv.get("$au")
         if not user:
             # Only addresses that registered are worth a challenge.
@@ -195,6 +213,8 @@ class VpbxRouter:
             KSR.sl.sl_send_reply(action.code, action.reason)
         elif isinstance(action, d.TriggerCallback):
             self.ksr_route_callback(action)
+        elif isinstance(action, d.CallOut):
+            self.ksr_route_call_out(action)
         elif isinstance(action, d.RingExtension):
             KSR.rr.record_route()
             self.ksr_route_ring_extension(action.extension)
@@ -205,9 +225,37 @@ class VpbxRouter:
             self.ksr_route_scheme_step(action.did, 0)
 
     def ksr_route_callback(self, action):
-        # The hand-off point to the callback engine: never answered, so the
-        # employee's call costs nothing.
-        KSR.sl.sl_send_reply(action.reply_code, "Call Back Follows")
+        # Hand the trigger to a callback engine; its reply is never a 200, so
+        # the employee's call costs nothing. No engine up: the scheme routes it.
+        KSR.rr.record_route()
+        KSR.tm.t_newtran()
+        KSR.pv.sets(AVP_DID, action.did)
+        KSR.pv.sets(AVP_CALLER, action.caller)
+        if KSR.dispatcher.ds_select_dst(ENGINE_SET, ENGINE_ALGORITHM) < 0:
+            KSR.info(f"{LOG_PREFIX}no callback engine up, {action.did} routed by its scheme\n")
+            self.ksr_route_scheme_step(action.did, 0)
+            return
+        KSR.pv.seti(AVP_TRIGGER, action.reply_code)
+        KSR.tm.t_set_fr(ENGINE_TIMEOUT_MS, ENGINE_TIMEOUT_MS)
+        KSR.tm.t_on_failure(FAILURE_ROUTE)
+        KSR.tm.t_on_branch(TRIGGER_BRANCH_ROUTE)
+        if KSR.tm.t_relay() < 0:
+            self.ksr_route_trigger_failed(action.did)
+
+    def ksr_route_trigger_failed(self, did):
+        KSR.info(f"{LOG_PREFIX}callback engine did not take the trigger, {did} routed by its scheme\n")
+        KSR.pv.unset(AVP_TRIGGER)
+        KSR.tm.t_reset_fr()
+        self.ksr_route_scheme_step(did, 0)
+
+    def ksr_route_call_out(self, action):
+        # A call-back leg: out through the trunk, media already anchored by the engine.
+        KSR.rr.record_route_params(f";{ENGINE_DIALOG}")
+        KSR.tm.t_newtran()
+        KSR.seturi(f"sip:{action.number}@{self.config.trunks[0].address}")
+        KSR.resetdsturi()
+        if KSR.tm.t_relay() < 0:
+            KSR.tm.t_reply(500, "Server Error")
 
     def ksr_route_ring_extension(self, extension):
         KSR.tm.t_newtran()
@@ -259,8 +307,8 @@ class VpbxRouter:
                 found = KSR.registrar.lookup_uri(LOCATION, aor) > 0
         return found
 
-    def ksr_route_relay(self):
-        if KSR.is_INVITE():
+    def ksr_route_relay(self, media=True):
+        if media and KSR.is_INVITE():
             KSR.tm.t_on_branch(BRANCH_ROUTE)
             KSR.tm.t_on_reply(ONREPLY_ROUTE)
         if KSR.tm.t_relay() < 0:
@@ -274,6 +322,13 @@ class VpbxRouter:
             KSR.rtpengine.rtpengine_manage(RTPENGINE_FLAGS)
         return 1
 
+    def ksr_branch_trigger(self, msg):
+        # Only the branch to the engine is told the decision, in E.164, so it
+        # need not parse the carrier's notation.
+        KSR.hdr.append(f"{TRIGGER_DID_HEADER}: {KSR.pv.get(AVP_DID)}\r\n")
+        KSR.hdr.append(f"{TRIGGER_CALLER_HEADER}: {KSR.pv.get(AVP_CALLER)}\r\n")
+        return 1
+
     def ksr_onreply_manage(self, msg):
         if KSR.textops.has_body_type("application/sdp") > 0:
             KSR.rtpengine.rtpengine_manage(RTPENGINE_FLAGS)
@@ -284,6 +339,17 @@ class VpbxRouter:
             KSR.rtpengine.rtpengine_delete0()
             return 1
         did = KSR.pv.get(AVP_DID)
+        trigger_code = KSR.pv.get(AVP_TRIGGER)
+        if trigger_code is not None and did in self.config.numbers:
+            if KSR.pv.get(f"$T_rpl($hdr({ENGINE_ACCEPT_HEADER}))"):
+                KSR.tm.t_reply(int(trigger_code), "Call Back Follows")
+            elif KSR.dispatcher.ds_next_dst() > 0:
+                KSR.tm.t_on_failure(FAILURE_ROUTE)
+                KSR.tm.t_on_branch(TRIGGER_BRANCH_ROUTE)
+                KSR.tm.t_relay()
+            else:
+                self.ksr_route_trigger_failed(did)
+            return 1
         step = KSR.pv.get(AVP_STEP)
         if did is None or step is None or did not in self.config.numbers:
             KSR.rtpengine.rtpengine_delete0()

@@ -12,6 +12,8 @@ from peers import callee_keys, caller_keys
 from vpbx import model
 
 CALL_TIMEOUT = 25
+# Trigger, delay, prompt, the wait for digits: a call-back nobody answers by keys.
+CALLBACK_TIMEOUT = 40
 
 
 def test_unlisted_caller_is_forwarded_by_the_scheme_with_media_on_rtpengine(
@@ -94,8 +96,9 @@ def test_busy_extensions_fall_through_to_the_forward_step(
 
 
 @pytest.mark.parametrize("asserted_by", ["from", "p-asserted-identity"])
-def test_listed_caller_gets_the_trigger_reply_and_is_never_answered(
-    sipp, pbx_address, carrier_ip, callback_did, listed_caller, unlisted_caller, asserted_by,
+def test_listed_caller_gets_the_trigger_reply_and_is_called_back_from_the_did(
+    sipp, pbx_address, carrier_ip, trunk_port, callback_did, listed_caller, unlisted_caller,
+    asserted_by,
 ):
     # With P-Asserted-Identity the carrier's assertion wins over From.
     if asserted_by == "from":
@@ -104,8 +107,14 @@ def test_listed_caller_gets_the_trigger_reply_and_is_never_answered(
         keys = caller_keys(callback_did.number, unlisted_caller,
                            header=f"P-Asserted-Identity: <sip:{listed_caller}@{carrier_ip}>")
     keys["code"] = callback_did.callback.reject_code
+    # The call-back rings the employee's mobile through the trunk, from the DID;
+    # nobody types a number, so the engine hangs up (a voicemail would do the same).
+    employee = sipp.start_uas("callee.xml", carrier_ip, trunk_port,
+                              callee_keys("answer", user=listed_caller, caller=callback_did.number),
+                              timeout=CALLBACK_TIMEOUT)
     sipp.run_uac("carrier_call_rejected.xml", carrier_ip, str(pbx_address), keys,
                  timeout=CALL_TIMEOUT)
+    employee.expect_success()
 
 
 def test_listed_number_from_an_untrusted_source_is_refused(

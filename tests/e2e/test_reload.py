@@ -72,13 +72,17 @@ def test_list_change_applies_by_playbook_without_restart_while_a_call_stays_up(
         assert kamailio_pid() == pid_before, "Kamailio was restarted"
         assert reload_took < HELD_CALL_S, f"the playbook took {reload_took:.0f} s, longer than the call"
         assert call.returncode is None and far_end.returncode is None, "the call ended during the reload"
-        # The newly listed caller now triggers the call-back.
-        keys = caller_keys(callback_did.number, unlisted_caller)
-        keys["code"] = callback_did.callback.reject_code
-        sipp.run_uac("carrier_call_rejected.xml", carrier_ip, str(pbx_address), keys, timeout=25)
         # The call set up before the reload ends cleanly: the far end's BYE reaches the caller.
         far_end.expect_success(timeout=HELD_CALL_S + 30)
         call.expect_success(timeout=30)
+        # The newly listed caller now triggers the call-back, which rings its mobile.
+        employee = sipp.start_uas("callee.xml", carrier_ip, trunk_port,
+                                  callee_keys("answer", user=unlisted_caller, caller=callback_did.number),
+                                  timeout=40)
+        keys = caller_keys(callback_did.number, unlisted_caller)
+        keys["code"] = callback_did.callback.reject_code
+        sipp.run_uac("carrier_call_rejected.xml", carrier_ip, str(pbx_address), keys, timeout=25)
+        employee.expect_success()
     finally:
         deploy(inventory_dir())
     assert kamailio_pid() == pid_before

@@ -1,0 +1,66 @@
+"""callbackd's settings: one rendered file, validated once at start."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+Address = tuple[str, int]
+
+
+class SettingsError(ValueError):
+    """The settings file is wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    routing_file: Path
+    sip_listen: Address
+    proxy: Address
+    rtpengine_ng: Address
+    dtmf_listen: Address
+    pcap_dir: Path
+    recordings_dir: Path
+    cdr_file: Path
+    log_file: Path | None
+    prompts_dir: Path
+    client_ring_timeout: float
+
+
+def _address(key: str, value: Any) -> Address:
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"{key}: must be IP:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def load_settings(path: str | Path) -> Settings:
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"{path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{path}: must be a JSON object")
+    known = set(Settings.__dataclass_fields__)
+    for key in raw:
+        if key not in known:
+            raise SettingsError(f"{key}: unknown setting (known: {', '.join(sorted(known))})")
+    missing = sorted(known - set(raw) - {"log_file"})
+    if missing:
+        raise SettingsError(f"{missing[0]}: is required")
+    timeout = raw["client_ring_timeout"]
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise SettingsError(f"client_ring_timeout: must be positive seconds, got {timeout!r}")
+    return Settings(
+        routing_file=Path(raw["routing_file"]),
+        sip_listen=_address("sip_listen", raw["sip_listen"]),
+        proxy=_address("proxy", raw["proxy"]),
+        rtpengine_ng=_address("rtpengine_ng", raw["rtpengine_ng"]),
+        dtmf_listen=_address("dtmf_listen", raw["dtmf_listen"]),
+        pcap_dir=Path(raw["pcap_dir"]),
+        recordings_dir=Path(raw["recordings_dir"]),
+        cdr_file=Path(raw["cdr_file"]),
+        log_file=Path(raw["log_file"]) if raw.get("log_file") else None,
+        prompts_dir=Path(raw["prompts_dir"]),
+        client_ring_timeout=float(timeout),
+    )

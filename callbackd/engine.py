@@ -1,0 +1,334 @@
+"""The engine: triggers in, one `Session` per callback, commands carried out.
+
+`callbackd.machine.Callback` decides; a `Session` carries its commands out
+with the SIP endpoint (legs, timers) and RTPengine (media, recording), and
+feeds what happens back to it as events. Everything runs on the SIP
+endpoint's reactor thread; only the recording conversion runs in a worker
+thread, and its result comes back to the reactor.
+
+Media, as tried here with RTPengine 10.5 (see callbackd.rtpengine): one
+RTPengine call per callback; the PBX side (tag B) offers a placeholder SDP
+and gets the employee-facing port for the INVITE to the employee; the
+employee's answer gives the B-facing port, which is what the client's INVITE
+offers. When the client's RTP arrives there, RTPengine has learnt its address
+and both directions flow: no re-INVITE of the employee.
+"""
+
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+from callbackd import machine
+from callbackd.cdr import CdrWriter
+from callbackd.config import Settings
+from callbackd.dtmf import parse_rtpengine_log
+from callbackd.prompts import Prompts
+from callbackd.recording import convert_recording, find_recording
+from callbackd.rtpengine import NgClient, NgError, placeholder_sdp
+from callbackd.sip import Leg, LegHandler, SipEndpoint
+from vpbx import decide, model
+from vpbx.numbers import normalize
+
+log = logging.getLogger(__name__)
+
+PBX_TAG = "B"
+EMPLOYEE_TAG = "EMP"
+ACCEPT_HEADER = ("X-Vpbx-Callback", "accepted")
+# The edge tells the engine its decision in E.164 (vpbx_router.py).
+DID_HEADER = "x-vpbx-did"
+EMPLOYEE_HEADER = "x-vpbx-employee"
+NOT_LISTED = (403, "Not A Callback Caller", [])
+# How long to wait for RTPengine to close a recording after the call's delete.
+RECORDING_WAIT_S = 5.0
+RECORDING_POLL_S = 0.2
+# Ringback loops until the client answers or the machine stops it.
+RINGBACK_REPEATS = 1000
+# The SIP leg's own ring limit is a backstop: the machine's timer cancels first.
+LEG_RING_MARGIN_S = 5.0
+
+
+class Engine:
+    """Takes triggers, runs sessions, writes CDRs."""
+
+    def __init__(self, settings: Settings, routing: model.Config, ng: NgClient, cdr: CdrWriter,
+                 prompts: Prompts):
+        self.settings = settings
+        self.router = decide.Router(routing)
+        self.ng = ng
+        self.cdr = cdr
+        self.prompts = prompts
+        self.sip: SipEndpoint | None = None
+        self.sessions: dict[tuple[str, str], Session] = {}
+        self._by_media: dict[str, Session] = {}
+        self._workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="recording")
+
+    def attach(self, sip: SipEndpoint) -> None:
+        self.sip = sip
+
+    def reload(self, routing: model.Config) -> None:
+        """New lists and numbers for new triggers; sessions in progress keep theirs."""
+        self.router = decide.Router(routing)
+        log.info("routing reloaded: %d DIDs", len(routing.numbers))
+
+    # -- from the SIP edge -----------------------------------------------------
+
+    def on_trigger(self, did_user: str, caller_user: str, headers: dict[str, str]):
+        config = self.router.config
+        did_number = headers.get(DID_HEADER) or normalize(did_user, config.default_country)
+        employee = headers.get(EMPLOYEE_HEADER) or normalize(caller_user, config.default_country)
+        did = config.numbers.get(did_number or "")
+        # The edge decided already; a stale list or a stray INVITE still gets no call-back.
+        if did is None or not self.router.is_listed(did, employee):
+            log.info("trigger did=%s caller=%s: not a listed caller, refused", did_user, caller_user)
+            return NOT_LISTED
+        accepted = (did.callback.reject_code, "Call Back Follows", [ACCEPT_HEADER])
+        key = (did.number, employee)
+        if key in self.sessions:
+            log.info("callback %s: repeated trigger from %s, no second call-back",
+                     self.sessions[key].id, employee)
+            return accepted
+        session = Session(self, did, employee)
+        self.sessions[key] = session
+        self._by_media[session.media_call_id] = session
+        session.start()
+        return accepted
+
+    def on_dtmf_datagram(self, data: bytes, _source) -> None:
+        event = parse_rtpengine_log(data)
+        if event is None:
+            return
+        session = self._by_media.get(event.call_id)
+        # Only what the employee types counts; the client's keys are the client's.
+        if session is not None and event.source_tag == EMPLOYEE_TAG:
+            session.feed("on_digit", event.digit)
+
+    def shutdown(self) -> None:
+        """End every callback in progress (hang up, CDR), then stop taking work."""
+        for session in list(self.sessions.values()):
+            session.feed("abort")
+        self._workers.shutdown(wait=True)
+
+    def forget(self, session: "Session") -> None:
+        self.sessions.pop((session.did.number, session.employee), None)
+        self._by_media.pop(session.media_call_id, None)
+
+
+class Session:
+    """One callback: the machine, its two SIP legs, its RTPengine call and timers."""
+
+    def __init__(self, engine: Engine, did: model.Did, employee: str):
+        self.engine = engine
+        self.did = did
+        self.employee = employee
+        self.id = uuid.uuid4().hex[:12]
+        self.media_call_id = f"callback-{self.id}"
+        settings = did.callback
+        self.language = settings.language
+        self.machine = machine.Callback(
+            did.number, employee, settings, engine.router.config.default_country,
+            engine.prompts.seconds(did.number, settings.language),
+            engine.settings.client_ring_timeout, time.time())
+        self.employee_leg: Leg | None = None
+        self.client_leg: Leg | None = None
+        self.pbx_sdp: str | None = None  # RTPengine's B-facing SDP: what the client is offered
+        self._timers: dict[str, object] = {}
+        self._playing = False
+
+    @property
+    def sip(self) -> SipEndpoint:
+        return self.engine.sip
+
+    def start(self) -> None:
+        log.info("callback %s: did=%s employee=%s triggered", self.id, self.did.number, self.employee)
+        self.feed("start")
+
+    def feed(self, event: str, *args) -> None:
+        """Hand an event to the machine and carry out what it says."""
+        before = self.machine.state
+        commands = getattr(self.machine, event)(*args, time.time())
+        if self.machine.state != before:
+            log.info("callback %s: %s -> %s (%s)", self.id, before, self.machine.state, event)
+        for command in commands:
+            try:
+                self.execute(command)
+            except (NgError, OSError, ValueError, RuntimeError) as exc:
+                log.error("callback %s: %s failed: %s", self.id, type(command).__name__, exc)
+                if not isinstance(command, machine.Finished) and event != "abort":
+                    self.sip.call_soon(self.feed, "abort")
+                    return
+
+    # -- commands --------------------------------------------------------------
+
+    def execute(self, command) -> None:
+        match command:
+            case machine.StartTimer(name, seconds):
+                self._cancel_timer(name)
+                self._timers[name] = self.sip.call_later(seconds, self._timer_fired, name)
+            case machine.CancelTimer(name):
+                self._cancel_timer(name)
+            case machine.CallEmployee(attempt, ring_timeout):
+                self.call_employee(attempt, ring_timeout)
+            case machine.CancelEmployee() | machine.HangUpEmployee():
+                if self.employee_leg is not None:
+                    self.employee_leg.hang_up()
+            case machine.PlayPrompt(name):
+                self.play(str(self.engine.prompts.path(self.did.number, self.language, name)))
+            case machine.PlayRingback():
+                self.play(str(self.engine.prompts.ringback), RINGBACK_REPEATS)
+            case machine.StopPrompt():
+                self.stop_playing()
+            case machine.DialClient(e164, dialled):
+                log.info("callback %s: dialling client %s (typed %s)", self.id, e164, dialled)
+                self.client_leg = self.sip.originate(
+                    f"{self.id}-client", self._uri(e164), self.did.number, self.pbx_sdp,
+                    self.engine.settings.client_ring_timeout + LEG_RING_MARGIN_S, ClientLeg(self))
+            case machine.CancelClient() | machine.HangUpClient():
+                if self.client_leg is not None:
+                    self.client_leg.hang_up()
+            case machine.Bridge():
+                log.info("callback %s: employee %s and client bridged", self.id, self.employee)
+            case machine.Finished(cdr):
+                self.finish(cdr)
+
+    def call_employee(self, attempt: int, ring_timeout: float) -> None:
+        sdp = self.engine.ng.offer(self.media_call_id, PBX_TAG, placeholder_sdp(),
+                                   record=self.did.callback.record)
+        self.employee_leg = self.sip.originate(
+            f"{self.id}-employee-{attempt}", self._uri(self.employee), self.did.number, sdp,
+            ring_timeout + LEG_RING_MARGIN_S, EmployeeLeg(self))
+
+    def play(self, path: str, repeats: int | None = None) -> None:
+        self.stop_playing()
+        self.engine.ng.play_media(self.media_call_id, EMPLOYEE_TAG, path, repeats)
+        self._playing = True
+
+    def stop_playing(self) -> None:
+        if self._playing:
+            self._playing = False
+            try:
+                self.engine.ng.stop_media(self.media_call_id, EMPLOYEE_TAG)
+            except NgError as exc:  # the file had ended by itself
+                log.debug("callback %s: stop media: %s", self.id, exc)
+
+    def finish(self, cdr: machine.Cdr) -> None:
+        for name in list(self._timers):
+            self._cancel_timer(name)
+        for leg in (self.employee_leg, self.client_leg):
+            if leg is not None:
+                leg.hang_up()
+        try:
+            self.engine.ng.delete(self.media_call_id)
+        except NgError as exc:
+            log.warning("callback %s: RTPengine delete: %s", self.id, exc)
+        self.engine.forget(self)
+        log.info("callback %s: finished, result=%s bridged=%.1fs", self.id, cdr.result,
+                 cdr.bridged_seconds)
+        if self.did.callback.record and cdr.client_answer_at is not None:
+            self.engine._workers.submit(self._save_recording, cdr)
+        else:
+            self._write_cdr(cdr)
+
+    def _save_recording(self, cdr: machine.Cdr) -> None:
+        """Worker thread: wait for RTPengine to close the pcap, make the WAV, then the CDR."""
+        deadline = time.monotonic() + RECORDING_WAIT_S
+        recording = None
+        while recording is None and time.monotonic() < deadline:
+            recording = find_recording(self.engine.settings.pcap_dir, self.media_call_id)
+            if recording is None:
+                time.sleep(RECORDING_POLL_S)
+        if recording is None:
+            log.error("callback %s: no recording found under %s", self.id, self.engine.settings.pcap_dir)
+        else:
+            stamp = datetime.fromtimestamp(cdr.trigger_at, UTC).strftime("%Y%m%dT%H%M%SZ")
+            name = f"{stamp}-{self.did.number.lstrip('+')}-{self.id}.wav"
+            wav = Path(self.engine.settings.recordings_dir) / name
+            try:
+                convert_recording(recording, wav)
+                cdr.recording = str(wav)
+            except (OSError, ValueError) as exc:
+                log.error("callback %s: recording not converted: %s", self.id, exc)
+        self.sip.call_soon_threadsafe(self._write_cdr, cdr)
+
+    def _write_cdr(self, cdr: machine.Cdr) -> None:
+        try:
+            self.engine.cdr.write(cdr.to_json_dict())
+        except (OSError, TypeError, ValueError) as exc:
+            log.error("callback %s: CDR not written: %s", self.id, exc)
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def _uri(self, number: str) -> str:
+        host, port = self.engine.settings.proxy
+        return f"sip:{number}@{host}:{port}"
+
+    def _timer_fired(self, name: str) -> None:
+        self._timers.pop(name, None)
+        self.feed("on_timer", name)
+
+    def _cancel_timer(self, name: str) -> None:
+        timer = self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+
+
+class EmployeeLeg(LegHandler):
+    def __init__(self, session: Session):
+        self.session = session
+
+    def _current(self, leg: Leg) -> bool:
+        # A leg the machine gave up on (an earlier attempt) is only hung up.
+        if leg is self.session.employee_leg:
+            return True
+        leg.hang_up()
+        return False
+
+    def on_ringing(self, leg: Leg) -> None:
+        if self._current(leg):
+            self.session.feed("on_employee_ringing")
+
+    def on_answered(self, leg: Leg, sdp: str) -> None:
+        if not self._current(leg):
+            return
+        session = self.session
+        try:
+            session.pbx_sdp = session.engine.ng.answer(session.media_call_id, PBX_TAG, EMPLOYEE_TAG, sdp)
+        except NgError as exc:
+            log.error("callback %s: RTPengine answer: %s", session.id, exc)
+            session.feed("abort")
+            return
+        session.feed("on_employee_answered")
+
+    def on_failed(self, leg: Leg, code: int, reason: str) -> None:
+        if leg is self.session.employee_leg:
+            log.info("callback %s: employee leg failed %d %s", self.session.id, code, reason)
+            self.session.feed("on_employee_failed", code)
+
+    def on_disconnected(self, leg: Leg, by: str) -> None:
+        if leg is self.session.employee_leg and by == "remote":
+            self.session.feed("on_employee_hangup")
+
+    def on_dtmf(self, leg: Leg, digit: str) -> None:
+        if leg is self.session.employee_leg:
+            self.session.feed("on_digit", digit)
+
+
+class ClientLeg(LegHandler):
+    def __init__(self, session: Session):
+        self.session = session
+
+    def on_ringing(self, leg: Leg) -> None:
+        self.session.feed("on_client_ringing")
+
+    def on_answered(self, leg: Leg, sdp: str) -> None:
+        self.session.feed("on_client_answered")
+
+    def on_failed(self, leg: Leg, code: int, reason: str) -> None:
+        log.info("callback %s: client leg failed %d %s", self.session.id, code, reason)
+        self.session.feed("on_client_failed", code)
+
+    def on_disconnected(self, leg: Leg, by: str) -> None:
+        if by == "remote":
+            self.session.feed("on_client_hangup")
