@@ -13,9 +13,11 @@ three things:
 * OPTIONS outside a dialog gets 200 OK (the edge's dispatcher probes with it).
 * `originate()` places an outgoing call, a `Leg`, and reports what happens to
   it through a `LegHandler`: ringing, answered (with the 200's SDP), failed,
-  disconnected, DTMF received by SIP INFO. Every leg ends with exactly one of
+  disconnected, DTMF received by SIP INFO (every INFO gets 200; a body
+  without a digit is ignored). Every leg ends with exactly one of
   `on_failed` (never answered: rejected, ring timeout, cancelled by
   `hang_up()`) or `on_disconnected` (answered, then BYE from either side).
+  A re-INVITE from the far end (hold...) is answered with the leg's own SDP.
 
 Threading: everything runs on one thread, sippy's reactor (``ED2``, the
 ``EventDispatcher2`` singleton). SIP messages, timers and the handlers'
@@ -23,9 +25,11 @@ callbacks all run there, so the engine needs no locks. The engine's other I/O
 joins the same thread:
 
 * timers: `call_later()` / `call_soon()` (sippy ``Timeout``);
-* UDP sockets (the DTMF/JSON socket, the RTPengine ng client): `open_udp()`,
-  a sippy ``Udp_server`` whose receiving threads hand each datagram to the
-  reactor; sending is queued, never blocks the reactor;
+* UDP sockets (e.g. the DTMF/JSON socket): `open_udp()`, a sippy
+  ``Udp_server`` whose receiving thread hands each datagram to the reactor;
+  sending is queued, never blocks the reactor. A blocking request/reply
+  client (the RTPengine ng client) may be called on the reactor too: it
+  stalls SIP for at most its timeout, which UDP retransmissions absorb;
 * anything running on another thread hands work over with
   `call_soon_threadsafe()` (``ED2.callFromThread``);
 * `run()` blocks in the reactor loop until `stop()` (callable from any
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import string
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -81,11 +86,12 @@ log = logging.getLogger(__name__)
 wire_log = logging.getLogger(__name__ + ".wire")
 
 USER_AGENT = "vpbx-callbackd"
-SIP_PORT = 5060
 # A trigger's answer when the handler fails or asks for something that would
 # answer or prolong the caller's call.
 FALLBACK_CODE = 500
 FALLBACK_REASON = "Server Internal Error"
+# RFC 3261 token characters: what a header name may consist of.
+HEADER_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "-.!%*_+`'~")
 
 Address = tuple[str, int]
 ExtraHeaders = Sequence[tuple[str, str]]
@@ -93,20 +99,6 @@ TriggerHandler = Callable[[str, str, dict[str, str]], tuple[int, str, ExtraHeade
 
 
 # Pure helpers
-
-def parse_hostport(text: str, default_port: int = SIP_PORT) -> Address:
-    """'127.0.0.1:5060' or '[::1]:5060' or 'host' -> (host, port)."""
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    elif text.count(":") == 1:
-        host, _, port = text.partition(":")
-    else:
-        host, port = text, ""
-    if not host:
-        raise ValueError(f"no host in {text!r}")
-    return host, int(port) if port else default_port
 
 
 def _crlf(sdp: str) -> str:
@@ -130,6 +122,11 @@ class _NamedHeader(SipGenericHF):
 
 
 def _header(name: str, value: str) -> SipHeader:
+    """An extra header; refuses what would break the message (bad name, line breaks)."""
+    if not name or not set(name) <= HEADER_NAME_CHARS:
+        raise ValueError(f"bad SIP header name {name!r}")
+    if any(c in value for c in "\r\n\0"):
+        raise ValueError(f"line break in the value of SIP header {name}")
     return SipHeader(name=name, body=_NamedHeader(name, value))
 
 
@@ -154,6 +151,7 @@ class _WireLog:
 
 
 # Reactor services
+
 
 class Timer:
     """A pending `call_later()`; cancel() is idempotent and safe after it fired."""
@@ -216,11 +214,12 @@ class UdpSocket:
 
 # Legs
 
+
 class LegState(enum.Enum):
-    CALLING = "calling"     # INVITE sent, nothing but 100 back yet
-    RINGING = "ringing"     # 18x received
-    ANSWERED = "answered"   # 2xx received, ACKed
-    ENDED = "ended"         # failed, cancelled or hung up
+    CALLING = "calling"  # INVITE sent, nothing but 100 back yet
+    RINGING = "ringing"  # 18x received
+    ANSWERED = "answered"  # 2xx received, ACKed
+    ENDED = "ended"  # failed, cancelled or hung up
 
 
 class LegHandler:
@@ -228,7 +227,7 @@ class LegHandler:
 
     Exactly one of on_failed / on_disconnected ends every leg. For an end the
     engine caused itself (`Leg.hang_up()`), it comes on the next reactor turn,
-    never from inside hang_up().
+    never from inside hang_up(). A handler may call hang_up() and originate().
     """
 
     def on_ringing(self, leg: Leg) -> None:
@@ -261,8 +260,7 @@ class _LegTry(CCEventTry):
 class Leg:
     """One outgoing call. Create with `SipEndpoint.originate()`."""
 
-    def __init__(self, endpoint: SipEndpoint, leg_id: str, to_uri: str, from_user: str,
-                 handler: LegHandler):
+    def __init__(self, endpoint: SipEndpoint, leg_id: str, to_uri: str, from_user: str, handler: LegHandler):
         self.leg_id = leg_id
         self.to_uri = to_uri
         self.from_user = from_user
@@ -284,21 +282,26 @@ class Leg:
             return
         answered = self.state is LegState.ANSWERED
         self._end("hung up locally")
-        self._ua.recvEvent(CCEventDisconnect(origin="caller"))
-        if answered:
-            self._endpoint.call_soon(self._handler.on_disconnected, self, "local")
-        else:
-            self._endpoint.call_soon(self._handler.on_failed, self, 487, "Request Terminated")
+        # Next turn: called from on_answered, sippy has not sent the ACK yet.
+        self._endpoint.call_soon(self._release, answered)
 
     # sippy side
+
+    def _release(self, answered: bool) -> None:
+        self._ua.recvEvent(CCEventDisconnect(origin="caller"))
+        if answered:
+            self._handler.on_disconnected(self, "local")
+        else:
+            self._handler.on_failed(self, 487, "Request Terminated")
 
     def _start(self, ua: UA, event: _LegTry, ring_timeout: float) -> None:
         self._ua = ua
         ua.recvEvent(event)
         self.call_id = str(ua.cId)
         self._ring_timer = self._endpoint.call_later(ring_timeout, self._ring_expired)
-        log.info("leg %s: calling %s from %s (call-id %s)", self.leg_id, self.to_uri,
-                 self.from_user, self.call_id)
+        log.info(
+            "leg %s: calling %s from %s (call-id %s)", self.leg_id, self.to_uri, self.from_user, self.call_id
+        )
 
     def _set_state(self, state: LegState, why: str) -> None:
         log.info("leg %s: %s -> %s (%s)", self.leg_id, self.state.value, state.value, why)
@@ -388,11 +391,18 @@ class Leg:
 
 # The endpoint
 
+
 class SipEndpoint:
     """The engine's SIP user agent on one ip:port, and the reactor it runs on."""
 
-    def __init__(self, listen: Address, on_trigger: TriggerHandler, *,
-                 outbound_proxy: Address | None = None, user_agent: str = USER_AGENT):
+    def __init__(
+        self,
+        listen: Address,
+        on_trigger: TriggerHandler,
+        *,
+        outbound_proxy: Address | None = None,
+        user_agent: str = USER_AGENT,
+    ):
         self._thread = threading.get_ident()
         # sippy's reactor is created at import, owned by the importing thread; it is ours.
         ED2.my_ident = self._thread
@@ -408,13 +418,8 @@ class SipEndpoint:
         }
         self._tm: SipTransactionManager | None = _TransactionManager(self._config, self._recv_request)
         self._config["_sip_tm"] = self._tm
+        self.address: Address = tuple(self._tm.l4r.getServer(None).uopts.laddress)
         log.info("SIP endpoint listening on udp:%s:%d", *self.address)
-
-    @property
-    def address(self) -> Address:
-        """The (host, port) the endpoint is bound to."""
-        server = self._tm.l4r.getServer(None)
-        return tuple(server.uopts.laddress)
 
     # reactor services
 
@@ -461,9 +466,17 @@ class SipEndpoint:
 
     # outgoing calls
 
-    def originate(self, leg_id: str, to_uri: str, from_user: str, sdp_body: str,
-                  ring_timeout: float, handler: LegHandler, *,
-                  next_hop: Address | None = None) -> Leg:
+    def originate(
+        self,
+        leg_id: str,
+        to_uri: str,
+        from_user: str,
+        sdp_body: str,
+        ring_timeout: float,
+        handler: LegHandler,
+        *,
+        next_hop: Address | None = None,
+    ) -> Leg:
         """Call to_uri presenting from_user (From and P-Asserted-Identity) with
         the SDP offer sdp_body; CANCEL after ring_timeout s without an answer.
 
@@ -518,6 +531,13 @@ class SipEndpoint:
     # incoming requests outside any dialog (sippy's req_cb)
 
     def _recv_request(self, req: Any, _transaction: Any) -> tuple[Any, None, None]:
+        try:
+            return self._answer_request(req)
+        except Exception:
+            log.exception("failed handling a %s, answering %d", req.getMethod(), FALLBACK_CODE)
+            return self._reply(req, FALLBACK_CODE, FALLBACK_REASON)
+
+    def _answer_request(self, req: Any) -> tuple[Any, None, None]:
         method = req.getMethod()
         if req.getHFBody("to").getTag() is not None:
             return self._reply(req, 481, "Call/Transaction Does Not Exist")
@@ -529,8 +549,7 @@ class SipEndpoint:
             return self._reply(req, 481, "Call/Transaction Does Not Exist")
         return self._reply(req, 405, "Method Not Allowed")
 
-    def _reply(self, req: Any, code: int, reason: str,
-               extra: ExtraHeaders = ()) -> tuple[Any, None, None]:
+    def _reply(self, req: Any, code: int, reason: str, extra: ExtraHeaders = ()) -> tuple[Any, None, None]:
         resp = req.genResponse(code, reason, server=self.user_agent)
         for name, value in extra:
             resp.appendHeader(_header(name, value))
@@ -543,15 +562,18 @@ class SipEndpoint:
         call_id = headers.get("call-id", "")
         try:
             code, reason, extra = self._on_trigger(did, caller, headers)
-            code, reason, extra = int(code), str(reason), list(extra)
+            code, reason = int(code), str(reason)
             if not 300 <= code <= 699:
                 raise ValueError(f"on_trigger answered {code}: a trigger is never answered")
+            reply = self._reply(req, code, reason, extra)
         except Exception:
-            log.exception("trigger did=%s caller=%s: handler failed, answering %d",
-                          did, caller, FALLBACK_CODE)
-            code, reason, extra = FALLBACK_CODE, FALLBACK_REASON, []
+            log.exception(
+                "trigger did=%s caller=%s: handler failed, answering %d", did, caller, FALLBACK_CODE
+            )
+            code, reason = FALLBACK_CODE, FALLBACK_REASON
+            reply = self._reply(req, code, reason)
         log.info("trigger did=%s caller=%s call-id=%s -> %d %s", did, caller, call_id, code, reason)
-        return self._reply(req, code, reason, extra)
+        return reply
 
 
 def _caller(req: Any) -> str:
@@ -562,8 +584,9 @@ def _caller(req: Any) -> str:
             if user:
                 return user
         except Exception:
-            log.info("unparseable P-Asserted-Identity %r, using From",
-                     str(req.getHF("p-asserted-identity").body))
+            log.info(
+                "unparseable P-Asserted-Identity %r, using From", str(req.getHF("p-asserted-identity").body)
+            )
     return req.getHFBody("from").getUrl().username or ""
 
 
@@ -573,4 +596,3 @@ def _headers(req: Any) -> dict[str, str]:
     for header in req.headers:
         headers.setdefault(header.name, str(header.body))
     return headers
-
