@@ -6,7 +6,7 @@ PYTHON := /usr/bin/python3
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: venv deploy check test lint unit molecule e2e clean
+.PHONY: venv deploy check test lint unit integration molecule e2e demo clean
 
 $(VENV)/.done: requirements.txt pyproject.toml
 	@test -x $(PYTHON) || { echo "Debian's python3 is needed: apt-get install python3" >&2; exit 1; }
@@ -26,8 +26,8 @@ deploy: venv
 check: venv
 	ansible-playbook -i $(INVENTORY) playbooks/site.yml --check --diff
 
-## test: lint, unit tests, then molecule (converge, idempotence, e2e verify)
-test: lint unit molecule
+## test: lint, unit tests, molecule (converge, idempotence, e2e verify), integration
+test: lint unit molecule integration
 
 lint: venv
 	ruff check vpbx kemi plugins tests
@@ -36,12 +36,20 @@ lint: venv
 unit: venv
 	pytest tests/unit -q
 
+# The SIP stack and RTPengine against their own peers (needs what converge installs).
+integration: venv
+	pytest tests/integration -q -p no:cacheprovider
+
 molecule: venv
 	molecule test
 
 ## e2e: the end-to-end suite alone, against what is deployed now
 e2e: venv
 	pytest tests/e2e -v
+
+## demo: one callback on the lab deploy, told as a story, with its CDR line
+demo: venv
+	python tests/e2e/demo.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
