@@ -11,13 +11,18 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import inventory_dir
 from peers import callee_keys, caller_keys
 from rtp_pcap import dtmf_then_tone_pcap, tone_pcap
 from wire import Capture, rtp_streams
 
+from callbackd.machine import Prompt
+from callbackd.prompts import Prompts, wav_seconds
+from callbackd.recording import udp_datagrams
 from vpbx import model
 
 CDR_FILE = Path("/var/log/vpbx/cdr.jsonl")
+PROMPTS_DIR = Path("/var/lib/vpbx/prompts")
 CALLBACKD_INIT = "callbackd"
 EMPLOYEE_SSRC = 0xE0E0E0E0
 CLIENT_SSRC = 0xC1C1C1C1
@@ -152,21 +157,6 @@ def test_employee_who_does_not_answer_is_retried_then_given_up(
     assert cdr["client_e164"] is None
 
 
-def test_premium_number_is_never_dialled(
-    sipp, tmp_path, pbx_address, carrier_ip, trunk_port, short_attempts_did, listed_caller, cdr_after,
-):
-    pcap = dtmf_then_tone_pcap(tmp_path / "employee.pcap", PREMIUM_NUMBER + "#", EMPLOYEE_SSRC, 440, 2)
-    # One call only: a second INVITE (to the premium number) would fail the far end.
-    keys = far_end_keys(short_attempts_did, listed_caller, employee_pcap=pcap, client="never")
-    far_end = sipp.start_uas("far_end.xml", carrier_ip, trunk_port, keys, calls=1, timeout=FLOW_TIMEOUT)
-    trigger(sipp, pbx_address, carrier_ip, short_attempts_did, listed_caller)
-    far_end.expect_success(timeout=FLOW_TIMEOUT)
-    [cdr] = cdr_after()
-    assert cdr["result"] == "denied"
-    assert cdr["client_answer_at"] is None
-    assert cdr["client_dialled"] == PREMIUM_NUMBER
-
-
 def test_repeated_trigger_makes_one_call_back(
     sipp, tmp_path, pbx_address, carrier_ip, trunk_port, callback_did, listed_caller, cdr_after,
 ):
@@ -195,3 +185,48 @@ def test_listed_caller_is_routed_by_the_scheme_when_the_engine_is_down(
     finally:
         subprocess.run(["service", CALLBACKD_INIT, "start"], check=True, capture_output=True)
         time.sleep(3)  # the edge's next OPTIONS probe finds the engine again
+
+
+def test_premium_number_never_leaves_through_the_trunk(
+    sipp, tmp_path, pbx_address, carrier_ip, trunk_port, short_attempts_did, listed_caller, cdr_after,
+):
+    pcap = dtmf_then_tone_pcap(tmp_path / "employee.pcap", PREMIUM_NUMBER + "#", EMPLOYEE_SSRC, 440, 2)
+    keys = far_end_keys(short_attempts_did, listed_caller, employee_pcap=pcap, client="never")
+    with Capture(bpf=f"udp and dst host {carrier_ip} and dst port {trunk_port}") as wire:
+        far_end = sipp.start_uas("far_end.xml", carrier_ip, trunk_port, keys, calls=1,
+                                 timeout=FLOW_TIMEOUT)
+        trigger(sipp, pbx_address, carrier_ip, short_attempts_did, listed_caller)
+        far_end.expect_success(timeout=FLOW_TIMEOUT)
+        [cdr] = cdr_after()
+    assert cdr["result"] == "denied"
+    assert cdr["client_answer_at"] is None
+    assert cdr["client_dialled"] == PREMIUM_NUMBER
+    invites = [d.payload.split(b"\r\n", 1)[0].decode() for d in udp_datagrams(wire.path)
+               if d.payload.startswith(b"INVITE ")]
+    assert invites and all(listed_caller in line for line in invites), invites
+
+
+def test_busy_client_gets_the_employee_a_message_then_hang_up(
+    sipp, tmp_path, pbx_address, carrier_ip, trunk_port, callback_did, listed_caller, cdr_after,
+):
+    pcap = dtmf_then_tone_pcap(tmp_path / "employee.pcap", CLIENT_NUMBER + "#", EMPLOYEE_SSRC, 440, 2)
+    keys = far_end_keys(callback_did, listed_caller, employee_pcap=pcap, client=CLIENT_E164,
+                        client_mode="busy")
+    far_end = sipp.start_uas("far_end.xml", carrier_ip, trunk_port, keys, calls=2, timeout=FLOW_TIMEOUT)
+    trigger(sipp, pbx_address, carrier_ip, callback_did, listed_caller)
+    # The employee's leg ends by the PBX's BYE after the "busy" message (employee_hangup remote).
+    far_end.expect_success(timeout=FLOW_TIMEOUT)
+    [cdr] = cdr_after()
+    assert cdr["result"] == "client_busy"
+    assert cdr["client_e164"] == CLIENT_E164 and cdr["bridged_seconds"] == 0
+
+
+def test_a_dids_own_prompt_from_the_inventory_is_what_the_engine_plays(lab):
+    own = [d for d in lab.numbers.values() if d.callback and d.callback.prompt]
+    if not own:
+        pytest.skip("no DID in the inventory brings its own prompt")
+    for did in own:
+        installed = Prompts(PROMPTS_DIR).path(did.number, did.callback.language, Prompt.ENTER_NUMBER)
+        assert installed == PROMPTS_DIR / "did" / f"{did.number.lstrip('+')}.wav"
+        source = inventory_dir() / did.callback.prompt
+        assert wav_seconds(installed) == pytest.approx(wav_seconds(source), abs=0.05)
