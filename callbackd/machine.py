@@ -376,10 +376,12 @@ class Callback:
         self._digits = ""
         if isinstance(verdict, Allowed):
             self.state = State.DIALING_CLIENT
+            # The INVITE first: ringback a few ms late goes unheard, the
+            # client's phone ringing later does not.
             return [
                 *out,
-                PlayRingback(),
                 DialClient(verdict.e164, self.cdr.client_dialled),
+                PlayRingback(),
                 self._start(Timer.CLIENT_RING, self.client_ring_timeout),
             ]
         self._failed_numbers += 1

@@ -155,8 +155,8 @@ def test_the_happy_path_says_exactly_these_commands_in_order():
     assert story.type("905123456") == [StartTimer("digits", 5)] * 9
     assert story("on_digit", "#", after=0.5) == [
         CancelTimer("digits"),
-        PlayRingback(),
         DialClient(CLIENT, CLIENT_TYPED),
+        PlayRingback(),
         StartTimer("client_ring", CLIENT_RING_TIMEOUT),
     ]
     assert story("on_client_ringing", after=1.0) == []
@@ -320,7 +320,8 @@ def test_each_digit_restarts_the_inter_digit_timer():
 def test_hash_ends_the_number():
     story = collecting()
     story.type(CLIENT_TYPED)
-    assert story("on_digit", "#")[:2] == [CancelTimer("digits"), PlayRingback()]
+    assert story("on_digit", "#")[:3] == [CancelTimer("digits"), DialClient(CLIENT, CLIENT_TYPED),
+                                          PlayRingback()]
     assert story.dialled() == [DialClient(CLIENT, CLIENT_TYPED)]
 
 
@@ -328,8 +329,8 @@ def test_the_inter_digit_timeout_ends_the_number():
     story = collecting()
     story.type(CLIENT_TYPED)
     assert story.fire("digits") == [
-        PlayRingback(),
         DialClient(CLIENT, CLIENT_TYPED),
+        PlayRingback(),
         StartTimer("client_ring", CLIENT_RING_TIMEOUT),
     ]
 
@@ -349,7 +350,7 @@ def test_star_restarts_the_inter_digit_timer():
 def test_the_number_ends_by_itself_at_max_digits():
     story = collecting(max_digits=10)
     out = story.type(CLIENT_TYPED)
-    assert out[-3:] == [PlayRingback(), DialClient(CLIENT, CLIENT_TYPED), StartTimer("client_ring", 30.0)]
+    assert out[-3:] == [DialClient(CLIENT, CLIENT_TYPED), PlayRingback(), StartTimer("client_ring", 30.0)]
     assert story("on_digit", "#") == []  # the number is already taken
 
 
