@@ -26,7 +26,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def load_routing(path) -> model.Config:
     with open(path) as f:
-        return model.load(json.load(f))
+        return model.load(json.load(f), rendered=True)
 
 
 def setup_logging(log_file) -> None:

@@ -13,9 +13,11 @@ Rules of the road:
   worker, which is how a changed list applies without a restart.
 """
 
+import importlib
 import json
 import site
 import sys
+import types
 from pathlib import Path
 
 import KSR
@@ -58,6 +60,9 @@ REGSRC_TABLE = "vpbx_regsrc"
 AUTH_RECHALLENGE = (-4, -5)
 LOCATION = "location"
 LOG_PREFIX = "vpbx: "
+# The vpbx package in the order its modules import one another.
+VPBX_MODULES = ("vpbx.numbers", "vpbx.model", "vpbx.policy", "vpbx.decide")
+STATE_MODULE = "vpbx_router_state"
 
 
 def _use_runtime() -> None:
@@ -67,16 +72,59 @@ def _use_runtime() -> None:
             site.addsitedir(line)
 
 
-def mod_init():
-    _use_runtime()
-    from vpbx import decide, model
+def _fresh_vpbx():
+    """The vpbx modules, executed anew: a reload re-runs this script only, and
+    new routing code must not meet old modules cached by the worker."""
+    modules = {}
+    for name in VPBX_MODULES:
+        cached = sys.modules.get(name)
+        modules[name] = importlib.reload(cached) if cached else importlib.import_module(name)
+    return modules["vpbx.decide"], modules["vpbx.model"]
 
-    with ROUTING_FILE.open() as f:
-        config = model.load(json.load(f))
-    router = VpbxRouter(decide, model, decide.Router(config))
+
+def mod_init():
+    # What survives a reload of this script: the last router that loaded.
+    state = sys.modules.setdefault(STATE_MODULE, types.ModuleType(STATE_MODULE))
+    try:
+        _use_runtime()
+        decide, model = _fresh_vpbx()
+        with ROUTING_FILE.open() as f:
+            config = model.load(json.load(f), rendered=True)
+        state.router = VpbxRouter(decide, model, decide.Router(config))
+    except Exception as exc:
+        # A router that cannot load must not take Kamailio down with it.
+        previous = getattr(state, "router", None)
+        KSR.err(f"{LOG_PREFIX}routing NOT loaded ({type(exc).__name__}: {exc}); "
+                f"{'keeping the previous routing' if previous else 'answering 503'}\n")
+        return previous or Unavailable()
     KSR.info(f"{LOG_PREFIX}routing loaded: {len(config.numbers)} DIDs, "
              f"{sum(len(v) for v in config.number_lists.values())} listed numbers\n")
-    return router
+    return state.router
+
+
+class Unavailable:
+    """Stands in when no routing ever loaded: every new call is refused, not dropped."""
+
+    def child_init(self, rank):
+        return 0
+
+    def ksr_request_route(self, msg):
+        if KSR.is_ACK():
+            return 1
+        KSR.sl.sl_send_reply(503, "Routing Not Loaded")
+        return 1
+
+    def ksr_failure_manage(self, msg):
+        return 1
+
+    def ksr_onreply_manage(self, msg):
+        return 1
+
+    def ksr_branch_manage(self, msg):
+        return 1
+
+    def ksr_branch_trigger(self, msg):
+        return 1
 
 
 class VpbxRouter:

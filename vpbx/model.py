@@ -7,6 +7,7 @@ rendered `routing.json` has them) and returns a `Config`, or raises
 the services load: one schema from the admin's YAML to the running router.
 """
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,8 @@ import phonenumbers
 
 from vpbx.numbers import InvalidNumber, country_code_prefix, is_valid_region, to_e164
 
+# The form dump() writes numbers in; see load(rendered=True).
+E164_SHAPE = re.compile(r"\+[1-9][0-9]{5,14}")
 CONTRACT_KEYS = (
     "vpbx_default_country",
     "vpbx_sip_listen",
@@ -201,8 +204,14 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def load(variables: Mapping[str, Any]) -> Config:
-    """Validate the `vpbx_*` variables and return the typed configuration."""
+def load(variables: Mapping[str, Any], *, rendered: bool = False) -> Config:
+    """Validate the `vpbx_*` variables and return the typed configuration.
+
+    `rendered` is for what `dump()` wrote (routing.json): the controller has
+    validated every list number already, so one already in E.164 form is
+    taken as it is. Parsing each again would cost a router reload about
+    16 us per number, seconds for a list of 100k, in every worker.
+    """
     check = _Checker()
     for key in variables:
         if key.startswith("vpbx_") and key not in CONTRACT_KEYS:
@@ -221,7 +230,7 @@ def load(variables: Mapping[str, Any]) -> Config:
     if "vpbx_sip_listen" in variables:
         sip_listen = check.host_port("vpbx_sip_listen", variables["vpbx_sip_listen"])
     trunks = _trunks(check, variables.get("vpbx_trunks"))
-    lists = _number_lists(check, variables.get("vpbx_number_lists"), country)
+    lists = _number_lists(check, variables.get("vpbx_number_lists"), country, rendered)
     extensions = _extensions(check, variables.get("vpbx_extensions"))
     schemes = _schemes(check, variables.get("vpbx_routing_schemes"), country, extensions)
     numbers = _numbers(check, variables.get("vpbx_numbers"), country, lists, schemes)
@@ -274,7 +283,9 @@ def _trunks(check: _Checker, value: Any) -> tuple[Trunk, ...]:
     return tuple(trunks)
 
 
-def _number_lists(check: _Checker, value: Any, country: str) -> dict[str, frozenset[str]]:
+def _number_lists(
+    check: _Checker, value: Any, country: str, rendered: bool
+) -> dict[str, frozenset[str]]:
     lists, names = {}, {}
     for i, item in enumerate(check.items("vpbx_number_lists", value)):
         path = f"vpbx_number_lists[{i}]"
@@ -284,6 +295,9 @@ def _number_lists(check: _Checker, value: Any, country: str) -> dict[str, frozen
         check.unique(f"{path}.name", name, names)
         numbers = set()
         for j, raw in enumerate(check.items(f"{path}.numbers", item.get("numbers"))):
+            if rendered and isinstance(raw, str) and E164_SHAPE.fullmatch(raw):
+                numbers.add(raw)
+                continue
             e164 = check.number(f"{path}.numbers[{j}]", raw, country)
             if e164:
                 numbers.add(e164)

@@ -401,3 +401,14 @@ def test_every_mistake_of_one_inventory_is_reported_in_one_load(inventory):
         "vpbx_numbers[1].routing",
     ):
         assert_reported(errors, path)
+
+
+def test_rendered_routing_data_loads_to_the_same_configuration(inventory):
+    rendered = dump(load(inventory))
+    assert load(rendered, rendered=True) == load(rendered)
+
+
+def test_rendered_data_still_normalizes_what_is_not_in_e164_form(inventory):
+    inventory["vpbx_number_lists"][0]["numbers"] = ["0905 123 456"]
+    config = load(inventory, rendered=True)
+    assert config.number_lists[inventory["vpbx_number_lists"][0]["name"]] == {"+421905123456"}
