@@ -6,7 +6,7 @@ PYTHON := /usr/bin/python3
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: venv deploy check test lint unit integration molecule e2e demo clean
+.PHONY: venv deploy check test lint unit integration molecule e2e demo bench clean
 
 $(VENV)/.done: requirements.txt pyproject.toml
 	@test -x $(PYTHON) || { echo "Debian's python3 is needed: apt-get install python3" >&2; exit 1; }
@@ -46,6 +46,11 @@ molecule: venv
 ## e2e: the end-to-end suite alone, against what is deployed now
 e2e: venv
 	pytest tests/e2e -v
+
+## bench: the figures of bench/RESULTS.md, on the lab deploy (not part of test)
+bench: venv
+	python bench/decision.py
+	python bench/callback_latency.py
 
 ## demo: one callback on the lab deploy, told as a story, with its CDR line
 demo: venv

@@ -49,6 +49,9 @@ CLIENT_E164 = "+421907123456"
 BASELINE_MS = {"trigger": 17.0, "digits": 2.0}
 GOAL_P95_MS = {"trigger": 20.0, "digits": 10.0}
 HOLD_MS = 4000
+# One callback at a time is sampled this often, each after the last ended.
+SEQUENTIAL_SAMPLES = 10
+CALLBACK_SECONDS = 9
 BUSY = ("molecule", "pytest tests/e2e", ".ci/run")
 
 
@@ -145,7 +148,11 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def run(concurrency: int, config: model.Config, did: model.Did, work: Path) -> dict[str, list[float]]:
-    runner = SippRunner(work / f"sipp-{concurrency}", timeout=120)
+    # Concurrency 1: callbacks one after another; N: N triggers within a second.
+    calls = SEQUENTIAL_SAMPLES if concurrency == 1 else concurrency
+    pace = ["-r", "1", "-rp", str(CALLBACK_SECONDS * 1000)] if concurrency == 1 else ["-r", str(concurrency)]
+    budget = 60 + (calls * CALLBACK_SECONDS if concurrency == 1 else 60)
+    runner = SippRunner(work / f"sipp-{concurrency}", timeout=budget)
     trunk = config.trunks[0]
     keys = {
         "employee": EMPLOYEE_PREFIX, "did": did.number, "employee_mode": "answer",
@@ -156,21 +163,19 @@ def run(concurrency: int, config: model.Config, did: model.Did, work: Path) -> d
         "client_hangup": f"local:{HOLD_MS}", "ring_ms": 100,
     }
     csv = work / f"triggers-{concurrency}.csv"
-    csv.write_text("SEQUENTIAL\n" + "".join(f"{e};{did.number}\n" for e in employees(concurrency)))
+    csv.write_text("SEQUENTIAL\n" + "".join(f"{e};{did.number}\n" for e in employees(calls)))
     capture = work / f"wire-{concurrency}.pcap"
     bpf = f"udp and (port {config.sip_listen.port} or port {trunk.address.port})"
     try:
         with Capture(capture, bpf=bpf):
             far_end = runner.start_uas("far_end.xml", trunk.address.host, trunk.address.port, keys,
-                                       calls=2 * concurrency, timeout=120)
-            # All triggers within a second: every callback is up at the same time.
-            rate = max(1, concurrency)
-            argv = ["-inf", str(csv), "-r", str(rate), "-l", str(concurrency)]
-            say(f"$ sipp -sf {TRIGGER.relative_to(REPO)} -m {concurrency} {' '.join(argv)} "
+                                       calls=2 * calls, timeout=budget)
+            argv = ["-inf", str(csv), *pace]
+            say(f"$ sipp -sf {TRIGGER.relative_to(REPO)} -m {calls} {' '.join(argv)} "
                 f"-i {trunk.address.host} {config.sip_listen}   (+ far_end.xml at {trunk.address})")
             runner.run_uac(TRIGGER, trunk.address.host, str(config.sip_listen), {},
-                           calls=concurrency, timeout=60, extra=argv)
-            far_end.expect_success(timeout=120)
+                           calls=calls, timeout=budget, extra=argv)
+            far_end.expect_success(timeout=budget)
     finally:
         runner.close()
     return measure(capture, config, did)
@@ -197,7 +202,7 @@ def main() -> int:
     levels = [int(n) for n in args.concurrency.split(",")]
     wait_for_quiet_machine()
     work = Path(tempfile.mkdtemp(prefix="vpbx-bench-latency-"))
-    inventory, config = bench_inventory(work, employees(max(levels)))
+    inventory, config = bench_inventory(work, employees(max([*levels, SEQUENTIAL_SAMPLES])))
     did = next(d for d in config.numbers.values() if d.callback and d.callback.enabled)
     deploy(inventory)
     try:

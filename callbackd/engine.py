@@ -64,6 +64,10 @@ class Engine:
         self.sessions: dict[tuple[str, str], Session] = {}
         self._by_media: dict[str, Session] = {}
         self._workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="recording")
+        # Prompts, ringback and deletes go to RTPengine in order on one thread of
+        # their own: opening a WAV takes RTPengine milliseconds, and with many
+        # callbacks the reactor would keep digits and SIP waiting behind them.
+        self._media = ThreadPoolExecutor(max_workers=1, thread_name_prefix="media")
 
     def attach(self, sip: SipEndpoint) -> None:
         self.sip = sip
@@ -109,7 +113,17 @@ class Engine:
         """End every callback in progress (hang up, CDR), then stop taking work."""
         for session in list(self.sessions.values()):
             session.feed("abort")
+        self._media.shutdown(wait=True)
         self._workers.shutdown(wait=True)
+
+    def media(self, session: "Session", fn, *args) -> None:
+        """Run an RTPengine request behind the ones already queued, off the reactor."""
+        def run() -> None:
+            try:
+                fn(*args)
+            except NgError as exc:
+                log.warning("callback %s: RTPengine %s: %s", session.id, fn.__name__, exc)
+        self._media.submit(run)
 
     def forget(self, session: "Session") -> None:
         self.sessions.pop((session.did.number, session.employee), None)
@@ -202,16 +216,19 @@ class Session:
 
     def play(self, path: str, repeats: int | None = None) -> None:
         self.stop_playing()
-        self.engine.ng.play_media(self.media_call_id, EMPLOYEE_TAG, path, repeats)
+        self.engine.media(self, self.engine.ng.play_media, self.media_call_id, EMPLOYEE_TAG, path, repeats)
         self._playing = True
 
     def stop_playing(self) -> None:
         if self._playing:
             self._playing = False
-            try:
-                self.engine.ng.stop_media(self.media_call_id, EMPLOYEE_TAG)
-            except NgError as exc:  # the file had ended by itself
-                log.debug("callback %s: stop media: %s", self.id, exc)
+            self.engine.media(self, self._stop_media)
+
+    def _stop_media(self) -> None:
+        try:
+            self.engine.ng.stop_media(self.media_call_id, EMPLOYEE_TAG)
+        except NgError as exc:  # the file had ended by itself
+            log.debug("callback %s: stop media: %s", self.id, exc)
 
     def finish(self, cdr: machine.Cdr) -> None:
         for name in list(self._timers):
@@ -219,17 +236,21 @@ class Session:
         for leg in (self.employee_leg, self.client_leg):
             if leg is not None:
                 leg.hang_up()
-        try:
-            self.engine.ng.delete(self.media_call_id)
-        except NgError as exc:
-            log.warning("callback %s: RTPengine delete: %s", self.id, exc)
         self.engine.forget(self)
         log.info("callback %s: finished, result=%s bridged=%.1fs", self.id, cdr.result,
                  cdr.bridged_seconds)
-        if self.did.callback.record and cdr.client_answer_at is not None:
-            self.engine._workers.submit(self._save_recording, cdr)
-        else:
-            self._write_cdr(cdr)
+        # Behind this callback's last media requests; the recording is complete once deleted.
+        self.engine.media(self, self._delete_then_record, cdr)
+
+    def _delete_then_record(self, cdr: machine.Cdr) -> None:
+        """Media thread: end the RTPengine call, then the recording and the CDR."""
+        try:
+            self.engine.ng.delete(self.media_call_id)
+        finally:
+            if self.did.callback.record and cdr.client_answer_at is not None:
+                self.engine._workers.submit(self._save_recording, cdr)
+            else:
+                self.sip.call_soon_threadsafe(self._write_cdr, cdr)
 
     def _save_recording(self, cdr: machine.Cdr) -> None:
         """Worker thread: wait for RTPengine to close the pcap, make the WAV, then the CDR."""
