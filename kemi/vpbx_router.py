@@ -66,10 +66,12 @@ STATE_MODULE = "vpbx_router_state"
 
 
 def _use_runtime() -> None:
-    """Put the vpbx runtime virtualenv on sys.path: this interpreter is Debian's."""
+    """Put the vpbx runtime virtualenv first on sys.path: this interpreter is
+    Debian's, and a Debian package of the same name must not win."""
+    before = list(sys.path)
     for line in PYTHONPATH_FILE.read_text().split():
-        if line not in sys.path:
-            site.addsitedir(line)
+        site.addsitedir(line)
+    sys.path[:] = [p for p in sys.path if p not in before] + before
 
 
 def _fresh_vpbx():

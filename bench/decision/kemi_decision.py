@@ -1,0 +1,133 @@
+"""Bench KEMI script: the per-INVITE decision of kemi/vpbx_router.py, alone.
+
+Rules of the road:
+- Kamailio (app_python3) calls `mod_init()` once, in the main process before
+  the workers fork, then `ksr_request_route` of the object it returns for
+  every request. Returning 1 ends the request route.
+- The decision is the real one: `vpbx.decide.Router.trunk_for($si)` then
+  `Router.decide(origin, $rU, caller)` over the `routing.json` beside this
+  script, loaded with `vpbx.model.load(..., rendered=True)` as the router
+  loads it.
+- The action is a stateless final reply whose code follows the action:
+  TriggerCallback -> its reply_code, Reject -> its code, RouteScheme -> 480
+  (a stand-in for relaying, which this bench leaves out).
+- `pythonpath` beside this script lists directories added with
+  `site.addsitedir`, the same mechanism (and the same order on sys.path) as
+  the real router, so the interpreter resolves packages as it does live.
+- VPBX_BENCH_KEMI in the environment picks what runs (the bench's profile
+  step uses the last two to split the cost):
+    decision  (default) the real vpbx.decide.Router, as above
+    floor     the same KSR reads and reply, no vpbx at all: app_python3's own cost
+    proposed  Router with the fast path bench/RESULTS.md recommends
+              (proposed_router.py: an exact E.164 hit skips phonenumbers)
+"""
+
+import json
+import os
+import site
+import sys
+import time
+from pathlib import Path
+
+import KSR
+
+HERE = Path(__file__).resolve().parent
+ROUTING_FILE = HERE / "routing.json"
+PYTHONPATH_FILE = HERE / "pythonpath"
+
+# What each action answers, statelessly.
+RELAY_STAND_IN = (480, "Temporarily Unavailable")
+TRIGGER_REASON = "Call Back Follows"
+LOG_PREFIX = "vpbx-bench: "
+
+
+def _use_runtime() -> None:
+    """The same sys.path set-up as kemi/vpbx_router.py."""
+    for line in PYTHONPATH_FILE.read_text().split():
+        if line not in sys.path:
+            site.addsitedir(line)
+
+
+def mod_init():
+    _use_runtime()
+    import netaddr
+    import phonenumbers
+
+    from vpbx import decide, model
+
+    mode = os.environ.get("VPBX_BENCH_KEMI", "decision")
+    started = time.perf_counter()
+    with ROUTING_FILE.open() as f:
+        data = json.load(f)
+    try:
+        config = model.load(data, rendered=True)  # as kemi/vpbx_router.py loads it
+    except TypeError:  # a vpbx from before load(rendered=...), e.g. an older deploy
+        config = model.load(data)
+    if mode == "proposed":
+        from proposed_router import proposed_router
+
+        router = proposed_router(decide)(config)
+    else:
+        router = decide.Router(config)
+    seconds = time.perf_counter() - started
+    listed = sum(len(v) for v in config.number_lists.values())
+    # One line the bench reads back: what was loaded, how long it took, from where.
+    KSR.err(f"{LOG_PREFIX}loaded mode={mode} listed={listed} seconds={seconds:.3f} "
+            f"vpbx={decide.__file__} phonenumbers={phonenumbers.__version__}@{phonenumbers.__file__} "
+            f"netaddr={netaddr.__version__}@{netaddr.__file__}\n")
+    if mode == "floor":
+        return FloorBench()
+    return DecisionBench(decide, router)
+
+
+class DecisionBench:
+    def __init__(self, decide, router):
+        self.decide = decide
+        self.router = router
+
+    def child_init(self, rank):
+        return 0
+
+    def ksr_request_route(self, msg):
+        # Only INVITEs are decided; ACKs to our replies are absorbed by sl before this.
+        if not KSR.is_INVITE():
+            if not KSR.is_ACK():
+                KSR.sl.sl_send_reply(405, "Method Not Allowed")
+            return 1
+        # Who is calling: a trunk by source address, or a stranger (no extensions here).
+        trunk = self.router.trunk_for(KSR.pv.get("$si"))
+        d = self.decide
+        origin = d.FromTrunk(trunk) if trunk is not None else d.FromStranger()
+        # The carrier asserts the caller in P-Asserted-Identity, or else in From.
+        caller = KSR.pv.get("$fU")
+        if trunk is not None and KSR.hdr.is_present("P-Asserted-Identity") > 0:
+            caller = KSR.pv.get("$(ai{uri.user})") or caller
+        # The decision, then a stateless reply standing for the action.
+        action = self.router.decide(origin, KSR.pv.get("$rU"), caller)
+        if isinstance(action, d.TriggerCallback):
+            KSR.sl.sl_send_reply(action.reply_code, TRIGGER_REASON)
+        elif isinstance(action, d.Reject):
+            KSR.sl.sl_send_reply(action.code, action.reason)
+        else:
+            KSR.sl.sl_send_reply(*RELAY_STAND_IN)
+        return 1
+
+
+class FloorBench:
+    """The same KSR calls as DecisionBench and a 480, without vpbx: what app_python3 itself costs."""
+
+    def child_init(self, rank):
+        return 0
+
+    def ksr_request_route(self, msg):
+        if not KSR.is_INVITE():
+            if not KSR.is_ACK():
+                KSR.sl.sl_send_reply(405, "Method Not Allowed")
+            return 1
+        KSR.pv.get("$si")
+        caller = KSR.pv.get("$fU")
+        if KSR.hdr.is_present("P-Asserted-Identity") > 0:
+            caller = KSR.pv.get("$(ai{uri.user})") or caller
+        KSR.pv.get("$rU")
+        KSR.sl.sl_send_reply(*RELAY_STAND_IN)
+        return 1
