@@ -739,9 +739,10 @@ def cost_rounds(edges: list[Kamailio], dataset: Dataset, rate: int, seconds: flo
 COSTS_SCRIPT = r"""
 import json, site, sys, timeit
 pythonpath, routing, did, plain_did, list_name, source, bench_dir, router_script = sys.argv[1:9]
+before = list(sys.path)
 for line in open(pythonpath).read().split():
-    if line not in sys.path:
-        site.addsitedir(line)
+    site.addsitedir(line)
+sys.path[:] = [p for p in sys.path if p not in before] + before  # as kemi/vpbx_router.py
 sys.path.insert(0, bench_dir)
 import ipaddress, netaddr, phonenumbers
 from vpbx import decide, model, numbers
@@ -894,6 +895,13 @@ def common_rate(entry: dict, sides: tuple[str, ...]) -> int | None:
 
 def report(results: dict, args_line: str) -> str:
     """The markdown block: every figure with the command that produced it."""
+    text = "\n".join(_report_lines(results, args_line))
+    if results.get("workdir"):
+        text = text.replace(results["workdir"], "<run dir>")
+    return text.replace(str(REPO) + "/", "").replace(str(REPO), "<repo>")
+
+
+def _report_lines(results: dict, args_line: str) -> list[str]:
     out = []
     sizes = results["sizes"]
     per = results["per_size"]
@@ -903,10 +911,11 @@ def report(results: dict, args_line: str) -> str:
     if not results["quiet"]:
         out.append("\n**Warning: CI-like processes (molecule, e2e, .ci/run) ran during the measurement; "
                    "figures may be low.**")
+    runtime = " ".join(results["runtime"]).replace(str(REPO), "<repo>")
     out.append(f"\nBoth sides: `children={results['children']}`, UDP only, `-m {SHM_MB} -M {PKG_MB}`, "
                f"SIPp from {CARRIER_IP} (the trunk), callers E.164, {LISTED_SHARE:.0%} on the list. "
-               f"KEMI sys.path additions: `{' '.join(results['runtime'])}` (site.addsitedir, as "
-               f"the router does; see the load line below for which packages won).\n")
+               f"KEMI runtime first on sys.path: `{runtime}` (as the router does; the load line below "
+               f"says which packages it got).\n")
     out.append("### Throughput\n")
     out.append(f"A step ({results['step_seconds']:.0f} s of calls at one rate) passes with < 1% failed calls "
                f"(no final reply within {RECV_TIMEOUT_MS} ms), SIPp at ≥ {KEEP_UP:.0%} of its target rate "
@@ -1001,7 +1010,7 @@ def report(results: dict, args_line: str) -> str:
                "summed from `/proc/<pid>/smaps_rollup` over the instance's processes. CPU: utime+stime "
                "from `/proc/<pid>/stat` of the instance's processes around each step; SIPp's from "
                "getrusage of the finished child.")
-    return "\n".join(out)
+    return out
 
 
 PROFILE_LABELS = {
@@ -1034,17 +1043,15 @@ def _profile_report(prof: dict, entry: dict) -> list[str]:
         for side in ("kemi-floor", "kemi-proposed"):
             if entry.get(side, {}).get("command"):
                 out.append(f"\n    {entry[side]['command']}")
-    costs, venv = dict(prof.get("costs", {})), dict(prof.get("costs_venv", {}))
+    costs = dict(prof.get("costs", {}))
     if "error" in costs:
         out.append(f"\nPer-call costs: failed: {costs['error']}")
     elif costs:
-        embedded, other = costs.pop("versions"), venv.pop("versions", "-")
-        venv_python = sys.executable.replace(str(REPO) + "/", "")
-        out.append(f"\nPer call, best of 5 timeit runs of COSTS_SCRIPT in bench/decision.py, sys.path as the "
-                   f"KEMI script sets it: in Kamailio's interpreter (`{EMBEDDED_PYTHON}`: {embedded}) and in "
-                   f"the project's virtualenv (`{venv_python}`: {other}):\n")
-        out.append("| part | µs, as embedded | µs, venv packages |\n|---|---:|---:|")
-        out.extend(f"| {name} | {us:.2f} | {_us(venv.get(name))} |" for name, us in costs.items())
+        versions = costs.pop("versions")
+        out.append(f"\nPer call, best of 5 timeit runs of COSTS_SCRIPT in bench/decision.py in Kamailio's "
+                   f"interpreter (`{EMBEDDED_PYTHON}`), sys.path as the router sets it ({versions}):\n")
+        out.append("| part | µs |\n|---|---:|")
+        out.extend(f"| {name} | {us:.2f} |" for name, us in costs.items())
     spy = prof.get("py_spy", {})
     if "error" in spy:
         out.append(f"\npy-spy: {spy['error']}")
@@ -1069,8 +1076,11 @@ def write_results(path: Path, block: str, machine_info: dict[str, str]) -> None:
         _, tail = rest.split(BLOCK_END, 1)
         text = head + body + tail
     elif SECTION in text:
+        # No markers yet: the section is this bench's, its body is replaced whole.
         head, rest = text.split(SECTION, 1)
-        text = head + SECTION + "\n\n" + body + "\n" + rest
+        nxt = rest.find("\n## ")
+        tail = rest[nxt + 1:] if nxt >= 0 else ""
+        text = head + SECTION + "\n\n" + body + "\n\n" + tail
     else:
         text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{body}\n"
     path.write_text(text)
@@ -1171,7 +1181,6 @@ def profile_size(edges: list[Kamailio], entry: dict, dataset: Dataset, args, run
             edge.stop()
     pythonpath = rundir / "kemi" / "pythonpath"
     prof["costs"] = python_costs(pythonpath, dataset)
-    prof["costs_venv"] = python_costs(pythonpath, dataset, sys.executable)
     return prof
 
 
@@ -1229,7 +1238,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime = runtime_path(args.runtime)
     t0 = time.monotonic()
     results: dict = {"machine": info, "quiet": quiet, "children": args.children, "runtime": runtime,
-                     "step_seconds": args.step_seconds,
+                     "step_seconds": args.step_seconds, "workdir": str(workdir),
                      "sizes": [], "per_size": {},
                      "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
     interrupted = None

@@ -12,14 +12,15 @@ Rules of the road:
   TriggerCallback -> its reply_code, Reject -> its code, RouteScheme -> 480
   (a stand-in for relaying, which this bench leaves out).
 - `pythonpath` beside this script lists directories added with
-  `site.addsitedir`, the same mechanism (and the same order on sys.path) as
-  the real router, so the interpreter resolves packages as it does live.
+  `site.addsitedir` and moved to the front of sys.path, as the real router
+  does, so the interpreter resolves packages as it does live.
 - VPBX_BENCH_KEMI in the environment picks what runs (the bench's profile
   step uses the last two to split the cost):
     decision  (default) the real vpbx.decide.Router, as above
     floor     the same KSR reads and reply, no vpbx at all: app_python3's own cost
-    proposed  Router with the fast path bench/RESULTS.md recommends
-              (proposed_router.py: an exact E.164 hit skips phonenumbers)
+    proposed  Router with the changes bench/RESULTS.md recommends
+              (proposed_router.py: no caller parsing for a DID without
+              callback, no is_valid_number for a look-up)
 """
 
 import json
@@ -42,10 +43,12 @@ LOG_PREFIX = "vpbx-bench: "
 
 
 def _use_runtime() -> None:
-    """The same sys.path set-up as kemi/vpbx_router.py."""
+    """The same sys.path set-up as kemi/vpbx_router.py: the runtime first, so
+    that a Debian package of the same name (python3-phonenumbers) does not win."""
+    before = list(sys.path)
     for line in PYTHONPATH_FILE.read_text().split():
-        if line not in sys.path:
-            site.addsitedir(line)
+        site.addsitedir(line)
+    sys.path[:] = [p for p in sys.path if p not in before] + before
 
 
 def mod_init():
