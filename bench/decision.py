@@ -161,6 +161,17 @@ def _first_line(argv: list[str]) -> str:
     return text.splitlines()[0].strip() if text else "unknown"
 
 
+EMBEDDED_VERSIONS = """
+import sys
+try:
+    import netaddr, phonenumbers
+    own = f"its own site-packages: phonenumbers {phonenumbers.__version__}, netaddr {netaddr.__version__}"
+except ImportError:
+    own = "no phonenumbers/netaddr of its own"
+print(f"{sys.version.split()[0]} ({own}; the KEMI scripts put the runtime first)")
+"""
+
+
 def machine() -> dict[str, str]:
     cpu = "unknown"
     with contextlib.suppress(OSError):
@@ -173,9 +184,7 @@ def machine() -> dict[str, str]:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
                 mem_kb = int(line.split()[1])
-    embedded = _first_line([EMBEDDED_PYTHON, "-c",
-                            "import sys, phonenumbers, netaddr; print(sys.version.split()[0], "
-                            "'phonenumbers', phonenumbers.__version__, 'netaddr', netaddr.__version__)"])
+    embedded = _first_line([EMBEDDED_PYTHON, "-c", EMBEDDED_VERSIONS])
     return {
         "cpus": f"{os.cpu_count()} ({cpu})",
         "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
