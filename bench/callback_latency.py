@@ -19,11 +19,7 @@ deployed again.
 """
 
 import argparse
-import os
-import shlex
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,17 +27,16 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 
-from rtp_pcap import tone_pcap  # noqa: E402
-from sipp import SippRunner  # noqa: E402
-from wire import Capture  # noqa: E402
+from lab import LAB, REPO, bench_inventory, callback_did, deploy, percentile, say, wait_until_quiet
+from rtp_pcap import tone_pcap
+from sipp import SippRunner
+from wire import Capture
 
-from callbackd.recording import udp_datagrams  # noqa: E402
-from vpbx import model  # noqa: E402
+from callbackd.recording import udp_datagrams
+from vpbx import model
 
-LAB = REPO / "inventories" / "lab"
 TRIGGER = REPO / "bench" / "callback" / "trigger.xml"
 EMPLOYEE_PREFIX = "+4219051"  # employees +4219051NNNNN; the client is elsewhere
 CLIENT_TYPED = "0907123456"
@@ -52,48 +47,19 @@ HOLD_MS = 4000
 # One callback at a time is sampled this often, each after the last ended.
 SEQUENTIAL_SAMPLES = 10
 CALLBACK_SECONDS = 9
-BUSY = ("molecule", "pytest tests/e2e", ".ci/run")
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
-
-
-def wait_for_quiet_machine(limit_s: float = 1200) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        busy = [p for p in BUSY if subprocess.run(["pgrep", "-f", p], capture_output=True).returncode == 0]
-        if not busy:
-            return
-        say(f"waiting: {', '.join(busy)} running on this machine")
-        time.sleep(30)
-    say("warning: the machine is busy; figures are disturbed")
 
 
 def employees(count: int) -> list[str]:
     return [f"{EMPLOYEE_PREFIX}{n:05d}" for n in range(1, count + 1)]
 
 
-def bench_inventory(directory: Path, listed: list[str]) -> tuple[Path, model.Config]:
-    inventory = directory / "inventory"
-    shutil.copytree(LAB, inventory)
-    path = inventory / "group_vars" / "all.yml"
-    variables = yaml.safe_load(path.read_text())
-    did = next(d for d in variables["vpbx_numbers"] if d.get("callback", {}).get("enabled"))
-    did["callback"]["record"] = False
-    variables["vpbx_number_lists"] = [{"name": did["callback"]["list"], "numbers": listed}]
-    path.write_text(yaml.safe_dump(variables, sort_keys=False))
-    return inventory, model.load(variables)
-
-
-def deploy(inventory: Path) -> None:
-    argv = [str(REPO / ".venv" / "bin" / "ansible-playbook"), "-i", str(inventory),
-            str(REPO / "playbooks" / "site.yml")]
-    say(f"$ {shlex.join(argv)}")
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
-    run = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
-    if run.returncode != 0:
-        sys.exit(f"deploy failed:\n{run.stdout[-3000:]}")
+def listing(listed: list[str]):
+    """Change for bench_inventory: the callback DID's list holds `listed`, no recording."""
+    def change(variables: dict) -> None:
+        did = callback_did(variables)
+        did["callback"]["record"] = False
+        variables["vpbx_number_lists"] = [{"name": did["callback"]["list"], "numbers": listed}]
+    return change
 
 
 def first_line(payload: bytes) -> str:
@@ -140,11 +106,6 @@ def measure(capture: Path, config: model.Config, did: model.Did) -> dict[str, li
             pending.remove(before[0])
             digits_ms.append((sent - before[0]) * 1000)
     return {"trigger": trigger_ms, "digits": digits_ms}
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
 
 
 def run(concurrency: int, config: model.Config, did: model.Did, work: Path) -> dict[str, list[float]]:
@@ -200,9 +161,10 @@ def main() -> int:
     parser.add_argument("--keep-deploy", action="store_true", help="do not deploy the lab again")
     args = parser.parse_args()
     levels = [int(n) for n in args.concurrency.split(",")]
-    wait_for_quiet_machine()
+    wait_until_quiet()
     work = Path(tempfile.mkdtemp(prefix="vpbx-bench-latency-"))
-    inventory, config = bench_inventory(work, employees(max([*levels, SEQUENTIAL_SAMPLES])))
+    inventory = bench_inventory(work, listing(employees(max([*levels, SEQUENTIAL_SAMPLES]))))
+    config = model.load(yaml.safe_load((inventory / "group_vars" / "all.yml").read_text()))
     did = next(d for d in config.numbers.values() if d.callback and d.callback.enabled)
     deploy(inventory)
     try:

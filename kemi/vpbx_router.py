@@ -9,14 +9,20 @@ Rules of the road:
 - The decision (callback trigger, routing step, reject) is `vpbx.decide`, a
   pure function; this script only reads the message, asks it, and acts.
 - Routing data is `routing.json` beside this script, rendered by Ansible from
-  the inventory; `kamcmd app_python.reload` re-runs `mod_init()` in every
-  worker, which is how a changed list applies without a restart.
+  the inventory and replaced by rename. Each worker notices a new file on its
+  next request and loads it itself: a changed list applies within one request
+  in every worker, without a restart and without app_python's reload, which
+  runs the workers' reloads one at a time and lets a worker that finds the
+  reload lock taken decide with the old script meanwhile.
+  `kamcmd app_python.reload` (re-runs `mod_init()`) is for new code.
 """
 
 import importlib
 import json
+import os
 import site
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -84,23 +90,39 @@ def _fresh_vpbx():
     return modules["vpbx.decide"], modules["vpbx.model"]
 
 
+def routing_version():
+    """What identifies one routing.json: Ansible replaces it by rename (new inode)."""
+    st = os.stat(ROUTING_FILE)
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def load_routing(decide, model):
+    """(version, decide.Router) of the routing.json in place now."""
+    # The version first: a file replaced in between is loaded again on the next request.
+    version = routing_version()
+    started = time.monotonic()
+    with ROUTING_FILE.open() as f:
+        config = model.load(json.load(f), rendered=True)
+    router = decide.Router(config)
+    KSR.info(f"{LOG_PREFIX}routing loaded in {(time.monotonic() - started) * 1000:.0f} ms: "
+             f"{len(config.numbers)} DIDs, {sum(len(v) for v in config.number_lists.values())} "
+             f"listed numbers\n")
+    return version, router
+
+
 def mod_init():
     # What survives a reload of this script: the last router that loaded.
     state = sys.modules.setdefault(STATE_MODULE, types.ModuleType(STATE_MODULE))
     try:
         _use_runtime()
         decide, model = _fresh_vpbx()
-        with ROUTING_FILE.open() as f:
-            config = model.load(json.load(f), rendered=True)
-        state.router = VpbxRouter(decide, model, decide.Router(config))
+        state.router = VpbxRouter(decide, model, *load_routing(decide, model))
     except Exception as exc:
         # A router that cannot load must not take Kamailio down with it.
         previous = getattr(state, "router", None)
         KSR.err(f"{LOG_PREFIX}routing NOT loaded ({type(exc).__name__}: {exc}); "
                 f"{'keeping the previous routing' if previous else 'answering 503'}\n")
         return previous or Unavailable()
-    KSR.info(f"{LOG_PREFIX}routing loaded: {len(config.numbers)} DIDs, "
-             f"{sum(len(v) for v in config.number_lists.values())} listed numbers\n")
     return state.router
 
 
@@ -130,9 +152,14 @@ class Unavailable:
 
 
 class VpbxRouter:
-    def __init__(self, decide, model, router):
+    def __init__(self, decide, model, version, router):
         self.decide = decide
         self.model = model
+        self.version = version
+        self.failed_version = None
+        self.use(router)
+
+    def use(self, router):
         self.router = router
         self.config = router.config
         self.realm = router.config.sip_listen.host
@@ -140,9 +167,31 @@ class VpbxRouter:
     def child_init(self, rank):
         return 0
 
+    def refresh_routing(self):
+        """Load routing.json if it was replaced since this worker loaded it.
+
+        A file that does not load is reported once and the routing in use stays.
+        """
+        try:
+            version = routing_version()
+        except OSError:
+            return
+        if version == self.version or version == self.failed_version:
+            return
+        try:
+            version, router = load_routing(self.decide, self.model)
+        except Exception as exc:
+            self.failed_version = version
+            KSR.err(f"{LOG_PREFIX}new routing NOT loaded ({type(exc).__name__}: {exc}); "
+                    f"keeping the routing in use\n")
+            return
+        self.version = version
+        self.use(router)
+
     # -- request route -----------------------------------------------------
 
     def ksr_request_route(self, msg):
+        self.refresh_routing()
         # Sanity, loops, scanners.
         if self.ksr_route_reqinit() == STOP:
             return 1
