@@ -22,9 +22,9 @@ instance's processes). Every figure comes with the command that made it.
     .venv/bin/python bench/decision.py --write-results bench/RESULTS.md
 
 The profile step (at 100k numbers, the goal's size; --no-profile skips it)
-splits KEMI's cost: the same instance without vpbx (app_python3's floor),
-the decision as it is, and with the fast path proposed_router.py proposes;
-plus per-call costs of the decision's parts and py-spy of one worker.
+splits KEMI's cost: the same instance without vpbx (app_python3's floor)
+beside the decision; plus per-call costs of the decision's parts and py-spy
+of one worker.
 
 Run as root from the repository root with the project's virtualenv (it has
 the vpbx package). Traffic stays on loopback: the instances listen on
@@ -66,7 +66,6 @@ BENCH = REPO / "bench" / "decision"
 KEMI_CFG = BENCH / "kemi.cfg"
 NATIVE_CFG = BENCH / "native.cfg"
 KEMI_SCRIPT = BENCH / "kemi_decision.py"
-PROPOSED_ROUTER = BENCH / "proposed_router.py"
 UAC_SCENARIO = BENCH / "uac.xml"
 
 KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
@@ -78,7 +77,7 @@ EMBEDDED_PYTHON = "/usr/bin/python3"
 
 EDGE_IP = "127.0.0.1"
 # Each side its own port: the sides run side by side and take turns at each rate.
-PORTS = {"native": 5260, "kemi": 5261, "kemi-floor": 5262, "kemi-proposed": 5263}
+PORTS = {"native": 5260, "kemi": 5261, "kemi-floor": 5262}
 CARRIER_IP = "127.0.0.5"
 CARRIER_PORT = 5270
 PING_IP = "127.0.0.1"
@@ -104,9 +103,9 @@ CHILDREN = 4            # the deployed default (kamailio_children), both sides
 SHM_MB = 2048
 PKG_MB = 32            # the deployed default (kamailio_pkg_memory)
 SIDES = ("native", "kemi")
-# KEMI variants (VPBX_BENCH_KEMI of kemi_decision.py) by side name; the last
-# two run only in the profile step, to split KEMI's cost and measure the fix.
-KEMI_MODES = {"kemi": "decision", "kemi-proposed": "proposed", "kemi-floor": "floor"}
+# KEMI variants (VPBX_BENCH_KEMI of kemi_decision.py) by side name; the floor
+# runs only in the profile step, to split KEMI's cost.
+KEMI_MODES = {"kemi": "decision", "kemi-floor": "floor"}
 
 DEFAULT_SIZES = (1000, 10000, 100000, 1000000)
 QUICK_SIZES = (1000, 100000)
@@ -364,7 +363,6 @@ class Kamailio:
         if self.mode:
             script = rundir / KEMI_SCRIPT.name
             shutil.copy(KEMI_SCRIPT, script)
-            shutil.copy(PROPOSED_ROUTER, rundir / PROPOSED_ROUTER.name)
             self.env["VPBX_BENCH_KEMI"] = self.mode
             shutil.copy(dataset.root / "routing.json", rundir / "routing.json")
             (rundir / "pythonpath").write_text("\n".join(runtime) + "\n")
@@ -747,18 +745,15 @@ def cost_rounds(edges: list[Kamailio], dataset: Dataset, rate: int, seconds: flo
 
 COSTS_SCRIPT = r"""
 import json, site, sys, timeit
-pythonpath, routing, did, plain_did, list_name, source, bench_dir, router_script = sys.argv[1:9]
+pythonpath, routing, did, plain_did, list_name, source, router_script = sys.argv[1:8]
 before = list(sys.path)
 for line in open(pythonpath).read().split():
     site.addsitedir(line)
 sys.path[:] = [p for p in sys.path if p not in before] + before  # as kemi/vpbx_router.py
-sys.path.insert(0, bench_dir)
 import ipaddress, netaddr, phonenumbers
 from vpbx import decide, model, numbers
-from proposed_router import proposed_router
 config = model.load(json.load(open(routing)))
 router = decide.Router(config)
-proposed = proposed_router(decide)(config)
 members = config.number_lists[list_name]
 listed = sorted(members)[len(members) // 2]
 unlisted = next(n for n in ("+421905000000", "+421905000001", "+421905000002") if n not in members)
@@ -785,14 +780,9 @@ cases = {
     "  of which is_valid_number": lambda: phonenumbers.is_valid_number(parsed),
     "  of which format_number(E164)": lambda: phonenumbers.format_number(parsed, 0),
     "caller in the list's frozenset": lambda: listed in members,
-    "decide(), DID without callback (as now)":
-        lambda: router.decide(trunk, plain_did, unlisted),
-    "decide(), DID without callback (+ proposed_router.py)":
-        lambda: proposed.decide(trunk, plain_did, unlisted),
-    "decide(), listed caller (as now)": lambda: router.decide(trunk, did, listed),
-    "decide(), unlisted caller (as now)": lambda: router.decide(trunk, did, unlisted),
-    "decide(), listed caller (+ proposed_router.py)": lambda: proposed.decide(trunk, did, listed),
-    "decide(), unlisted caller (+ proposed_router.py)": lambda: proposed.decide(trunk, did, unlisted),
+    "decide(), DID without callback": lambda: router.decide(trunk, plain_did, unlisted),
+    "decide(), listed caller": lambda: router.decide(trunk, did, listed),
+    "decide(), unlisted caller": lambda: router.decide(trunk, did, unlisted),
     "kemi/vpbx_router.py's decision log line (f-string only)": log_line,
 }
 out = {"versions": f"python {sys.version.split()[0]}, phonenumbers {phonenumbers.__version__}, "
@@ -807,7 +797,7 @@ print(json.dumps(out))
 def python_costs(pythonpath: Path, dataset: Dataset, interpreter: str = EMBEDDED_PYTHON) -> dict:
     """Per-call costs of the decision's parts, by default in the interpreter and packages Kamailio embeds."""
     argv = [interpreter, "-c", COSTS_SCRIPT, str(pythonpath), str(dataset.root / "routing.json"),
-            DID, PLAIN_DID, LIST_NAME, CARRIER_IP, str(BENCH), str(REPO / "kemi" / "vpbx_router.py")]
+            DID, PLAIN_DID, LIST_NAME, CARRIER_IP, str(REPO / "kemi" / "vpbx_router.py")]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     if out.returncode != 0:
         return {"error": out.stderr.strip()[-500:]}
@@ -1026,7 +1016,6 @@ PROFILE_LABELS = {
     "native": "native (htable)",
     "kemi-floor": "KEMI without vpbx (app_python3's floor)",
     "kemi": "KEMI, vpbx.decide as in the repo",
-    "kemi-proposed": "KEMI, vpbx.decide + proposed_router.py",
 }
 
 
@@ -1047,11 +1036,9 @@ def _profile_report(prof: dict, entry: dict) -> list[str]:
             out.append(f"\nSplit of KEMI's extra cost over native ({med['kemi'] - med['native']:.1f} µs): "
                        f"app_python3 itself (floor - native: message object, GIL, KSR calls, Python "
                        f"frame) {med['kemi-floor'] - med['native']:.1f} µs; the vpbx decision (repo - "
-                       f"floor) {med['kemi'] - med['kemi-floor']:.1f} µs; with proposed_router.py "
-                       f"{med['kemi-proposed'] - med['kemi-floor']:.1f} µs.")
-        for side in ("kemi-floor", "kemi-proposed"):
-            if entry.get(side, {}).get("command"):
-                out.append(f"\n    {entry[side]['command']}")
+                       f"floor) {med['kemi'] - med['kemi-floor']:.1f} µs.")
+        if entry.get("kemi-floor", {}).get("command"):
+            out.append(f"\n    {entry['kemi-floor']['command']}")
     costs = dict(prof.get("costs", {}))
     if "error" in costs:
         out.append(f"\nPer-call costs: failed: {costs['error']}")
@@ -1170,24 +1157,22 @@ def measure_size(size: int, args, workdir: Path, runtime: list[str], results: di
 
 def profile_size(edges: list[Kamailio], entry: dict, dataset: Dataset, args, rundir: Path,
                  runtime: list[str]) -> dict:
-    """Where KEMI's time goes: the floor and the proposed variants beside native and kemi,
-    CPU per call in turns at one rate; per-call costs of the decision's parts; py-spy."""
+    """Where KEMI's time goes: the floor beside native and kemi, CPU per call in turns
+    at one rate; per-call costs of the decision's parts; py-spy."""
     rate = common_rate(entry, SIDES)
     prof: dict = {"size": dataset.size, "split_rate": rate}
-    extra = []
+    floor = None
     try:
-        for side in ("kemi-floor", "kemi-proposed"):
-            edge, entry[side] = start_side(side, dataset, args, rundir, runtime)
-            extra.append(edge)
+        floor, entry["kemi-floor"] = start_side("kemi-floor", dataset, args, rundir, runtime)
         if rate:
-            order = [edges[0], extra[0], edges[1], extra[1]]
+            order = [edges[0], floor, edges[1]]
             prof["rounds"] = cost_rounds(order, dataset, rate, args.step_seconds, COST_ROUNDS,
                                          rundir / "rounds")
             prof["py_spy"] = py_spy_profile(edges[1], dataset, rate, max(5.0, args.step_seconds),
                                             rundir / "py-spy")
     finally:
-        for edge in extra:
-            edge.stop()
+        if floor is not None:
+            floor.stop()
     pythonpath = rundir / "kemi" / "pythonpath"
     prof["costs"] = python_costs(pythonpath, dataset)
     return prof
@@ -1208,7 +1193,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile-size", type=int, default=GOAL_SIZE,
                    help="list size of the profile step (default 100000, the goal's)")
     p.add_argument("--no-profile", action="store_true",
-                   help="skip the profile step (floor and fast-path variants, per-call costs, py-spy)")
+                   help="skip the profile step (floor variant, per-call costs, py-spy)")
     p.add_argument("--no-wait", action="store_true", help="do not wait for CI-like runs to end")
     p.add_argument("--workdir", type=Path, help="keep data and logs here (default: a temp dir, removed)")
     p.add_argument("--json", type=Path, help="write every figure as JSON here")

@@ -125,6 +125,10 @@ class Engine:
                 log.warning("callback %s: RTPengine %s: %s", session.id, fn.__name__, exc)
         self._media.submit(run)
 
+    def background(self, fn, *args) -> None:
+        """Run slow work (a recording's conversion) on a worker thread, off the reactor."""
+        self._workers.submit(fn, *args)
+
     def forget(self, session: "Session") -> None:
         self.sessions.pop((session.did.number, session.employee), None)
         self._by_media.pop(session.media_call_id, None)
@@ -248,7 +252,7 @@ class Session:
             self.engine.ng.delete(self.media_call_id)
         finally:
             if self.did.callback.record and cdr.client_answer_at is not None:
-                self.engine._workers.submit(self._save_recording, cdr)
+                self.engine.background(self._save_recording, cdr)
             else:
                 self.sip.call_soon_threadsafe(self._write_cdr, cdr)
 

@@ -417,9 +417,7 @@ class VpbxRouter:
     # -- event routes ----------------------------------------------------------
 
     def ksr_branch_manage(self, msg):
-        if KSR.textops.has_body_type("application/sdp") > 0:
-            KSR.rtpengine.rtpengine_manage(RTPENGINE_FLAGS)
-        return 1
+        return self.manage_media()
 
     def ksr_branch_trigger(self, msg):
         # Only the branch to the engine is told the decision, in E.164, so it
@@ -429,6 +427,10 @@ class VpbxRouter:
         return 1
 
     def ksr_onreply_manage(self, msg):
+        return self.manage_media()
+
+    def manage_media(self):
+        """The SDP of an outgoing branch (offer) or of a reply (answer) goes through RTPengine."""
         if KSR.textops.has_body_type("application/sdp") > 0:
             KSR.rtpengine.rtpengine_manage(RTPENGINE_FLAGS)
         return 1

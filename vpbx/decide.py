@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import netaddr
 
 from vpbx.model import Config, Did, Step
-from vpbx.numbers import normalize
+from vpbx.numbers import e164_for_lookup, normalize
 from vpbx.policy import Allowed, check_destination
 
 
@@ -109,21 +109,31 @@ class Router:
         return None
 
     def did(self, ruri_user: str | None) -> Did | None:
-        return self.config.numbers.get(self.e164(ruri_user, self.config.numbers))
+        return self.config.numbers.get(self.find(ruri_user, self.config.numbers))
 
-    def e164(self, user: str | None, known) -> str | None:
-        """`user` in E.164. Stored numbers are E.164 already and normalize to
-        themselves, so one found in `known` as it is needs no parsing: that
-        skips phonenumbers (~20 us) for the carrier's usual notation."""
+    def find(self, user: str | None, known) -> str | None:
+        """The number of `known` that `user` is, in any notation, or None.
+
+        `known` holds stored numbers, which vpbx.model validated and wrote in
+        E.164: one found as it is needs no parsing, which skips phonenumbers
+        (~20 us) for the carrier's usual notation. Any other is looked up by
+        its E.164 form alone, without the validity check: see e164_for_lookup.
+        """
         if user in known:
             return user
-        return normalize(user, self.config.default_country)
+        number = e164_for_lookup(user, self.config.default_country)
+        return number if number in known else None
+
+    def callback_list(self, did: Did) -> frozenset[str] | None:
+        """The callers whose calls to `did` trigger its callback; None when it has no callback on."""
+        cb = did.callback
+        if cb is None or not cb.enabled or cb.list is None:
+            return None
+        return self.config.number_lists.get(cb.list, frozenset())
 
     def is_listed(self, did: Did, caller: str | None) -> bool:
-        cb = did.callback
-        if cb is None or not cb.enabled or cb.list is None or caller is None:
-            return False
-        return caller in self.config.number_lists.get(cb.list, ())
+        listed = self.callback_list(did)
+        return listed is not None and caller is not None and caller in listed
 
     def decide(self, origin: Origin, ruri_user: str | None, caller_user: str | None) -> Action:
         """What to do with an INVITE to `ruri_user` from `caller_user` arriving from `origin`."""
@@ -136,11 +146,12 @@ class Router:
         did = self.did(ruri_user)
         if did is None:
             return NOT_FOUND
-        # Caller ID means something only when the carrier asserts it.
-        if isinstance(origin, FromTrunk):
-            listed = self.config.number_lists.get(did.callback.list, ()) if did.callback else ()
-            caller = self.e164(caller_user, listed)
-            if self.is_listed(did, caller):
+        # Caller ID means something only when the carrier asserts it, and is
+        # read only when there is a list to find it in: most DIDs have none.
+        listed = self.callback_list(did) if isinstance(origin, FromTrunk) else None
+        if listed:
+            caller = self.find(caller_user, listed)
+            if caller is not None:
                 return TriggerCallback(did.number, caller, did.callback.reject_code)
         return RouteScheme(did.number, did.routing, self.config.routing_schemes[did.routing])
 

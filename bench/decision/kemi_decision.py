@@ -15,12 +15,9 @@ Rules of the road:
   `site.addsitedir` and moved to the front of sys.path, as the real router
   does, so the interpreter resolves packages as it does live.
 - VPBX_BENCH_KEMI in the environment picks what runs (the bench's profile
-  step uses the last two to split the cost):
+  step uses the floor to split the cost):
     decision  (default) the real vpbx.decide.Router, as above
     floor     the same KSR reads and reply, no vpbx at all: app_python3's own cost
-    proposed  Router with the changes bench/RESULTS.md recommends
-              (proposed_router.py: no caller parsing for a DID without
-              callback, no is_valid_number for a look-up)
 """
 
 import json
@@ -66,12 +63,7 @@ def mod_init():
         config = model.load(data, rendered=True)  # as kemi/vpbx_router.py loads it
     except TypeError:  # a vpbx from before load(rendered=...), e.g. an older deploy
         config = model.load(data)
-    if mode == "proposed":
-        from proposed_router import proposed_router
-
-        router = proposed_router(decide)(config)
-    else:
-        router = decide.Router(config)
+    router = decide.Router(config)
     seconds = time.perf_counter() - started
     listed = sum(len(v) for v in config.number_lists.values())
     # One line the bench reads back: what was loaded, how long it took, from where.

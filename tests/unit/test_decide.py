@@ -1,7 +1,9 @@
 """The per-INVITE decision table: who calls, which number, and what the PBX does."""
 
+import phonenumbers
 import pytest
 
+from vpbx import decide
 from vpbx.decide import (
     FromExtension,
     FromStranger,
@@ -13,6 +15,7 @@ from vpbx.decide import (
     TriggerCallback,
 )
 from vpbx.model import ForwardStep, RejectStep, RingStep, load
+from vpbx.numbers import normalize
 
 CALLBACK_DID = "+421233000111"  # callback on, default reply code
 STRICT_DID = "+421233000333"  # callback on, reply code 603
@@ -103,7 +106,16 @@ def test_a_stranger_is_forbidden_whatever_it_dials(router, ruri, caller):
 
 @pytest.mark.parametrize(
     "caller",
-    ["+421905111222", "00421905111222", "0905 111 222", "0905-111-222", "421905111222", "tel:+421905111222"],
+    [
+        "+421905111222",
+        "00421905111222",
+        "0905 111 222",
+        "0905-111-222",
+        "421905111222",
+        "tel:+421905111222",
+        "tel:+421905111222;user=phone",
+        "+4210905111222",  # the national trunk 0 kept after the country code
+    ],
 )
 def test_a_listed_caller_from_the_trunk_triggers_the_callback_in_any_notation(router, caller):
     assert router.decide(CARRIER, CALLBACK_DID, caller) == TriggerCallback(CALLBACK_DID, LISTED, 486)
@@ -151,6 +163,68 @@ def test_an_anonymous_or_garbage_caller_is_routed_by_the_scheme(router, caller):
 @pytest.mark.parametrize("ruri", ["0233000111", "00421233000111", "421233000111", "02 330 00111"])
 def test_a_did_dialled_in_another_notation_is_found(router, ruri):
     assert router.decide(CARRIER, ruri, LISTED) == TriggerCallback(CALLBACK_DID, LISTED, 486)
+
+
+# --- the look-up decides as the caller's validated E.164 form would -----------------------------------
+
+DIDS = [CALLBACK_DID, STRICT_DID, CLOSED_DID, PLAIN_DID]
+CALLERS = [
+    LISTED,
+    "00421905111222",
+    "0905 111 222",
+    "tel:+421905111222;user=phone",
+    "+4210905111222",
+    LISTED_NATIONALLY,
+    "0905333444",
+    UNLISTED,
+    "0905 999 000",
+    "tel:+421905999000",
+    "+420601123456",
+    "0905 111 2222",  # one digit too many: no number at all
+    "+421999999999",  # not in the numbering plan
+    "anonymous",
+    "",
+    None,
+    "abc",
+    "12",
+    "+1",
+    "tel:",
+]
+
+
+def validated_decision(router: Router, ruri: str, caller: str | None):
+    """The reference: validate the caller with normalize(), then look for it on the DID's list."""
+    did = router.config.numbers[ruri]
+    cb = did.callback
+    number = normalize(caller, "SK")
+    if cb is not None and cb.enabled and number in router.config.number_lists[cb.list]:
+        return TriggerCallback(ruri, number, cb.reject_code)
+    return RouteScheme(ruri, did.routing, router.config.routing_schemes[did.routing])
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize("ruri", DIDS)
+def test_a_trunk_call_is_decided_as_the_validated_caller_would_decide_it(router, ruri, caller):
+    assert router.decide(CARRIER, ruri, caller) == validated_decision(router, ruri, caller)
+
+
+@pytest.mark.parametrize("ruri", [CLOSED_DID, PLAIN_DID])
+def test_a_did_without_a_callback_list_does_not_read_the_caller(router, monkeypatch, ruri):
+    def unexpected(*args):
+        raise AssertionError("the caller was parsed")
+
+    monkeypatch.setattr(decide, "e164_for_lookup", unexpected)
+    assert isinstance(router.decide(CARRIER, ruri, "0905 111 222"), RouteScheme)
+
+
+def test_a_caller_is_looked_up_without_the_numbering_plans_validity_check(router, monkeypatch):
+    # A number found on a list was validated when the list was loaded.
+    def unexpected(*args):
+        raise AssertionError("is_valid_number was called")
+
+    monkeypatch.setattr(phonenumbers, "is_valid_number", unexpected)
+    assert router.decide(CARRIER, CALLBACK_DID, "0905 111 222") == TriggerCallback(CALLBACK_DID, LISTED, 486)
+    assert isinstance(router.decide(CARRIER, CALLBACK_DID, "0905 999 000"), RouteScheme)
 
 
 # --- extensions and unknown numbers ------------------------------------------------------------------

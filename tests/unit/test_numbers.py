@@ -4,25 +4,25 @@ import re
 
 import pytest
 
-from vpbx.numbers import InvalidNumber, normalize, to_e164
+from vpbx.numbers import InvalidNumber, e164_for_lookup, normalize, to_e164
 
 MOBILE = "+421905123456"
+NOTATIONS = [
+    "+421905123456",
+    "00421905123456",
+    "0905 123 456",
+    "0905-123-456",
+    "0905/123 456",
+    "(0905) 123456",
+    "421905123456",
+    "tel:+421905123456",
+    "tel:+421905123456;phone-context=example.com",
+    " +421905123456 ",
+    "+4210905123456",  # the national trunk 0 kept after the country code
+]
 
 
-@pytest.mark.parametrize(
-    "written",
-    [
-        "+421905123456",
-        "00421905123456",
-        "0905 123 456",
-        "0905-123-456",
-        "0905/123 456",
-        "(0905) 123456",
-        "421905123456",
-        "tel:+421905123456",
-        " +421905123456 ",
-    ],
-)
+@pytest.mark.parametrize("written", NOTATIONS)
 def test_a_slovak_number_in_any_notation_is_one_e164_number(written):
     assert to_e164(written, "SK") == MOBILE
 
@@ -72,3 +72,22 @@ def test_an_invalid_number_is_a_value_error_for_callers_that_catch_those():
 def test_national_digits_that_are_no_number_in_the_default_country_are_refused():
     with pytest.raises(InvalidNumber, match=re.escape("'0905 123 456'")):
         to_e164("0905 123 456", "CZ")
+
+
+# --- the look-up form: read the same way, not checked against the numbering plan ------------------
+
+
+@pytest.mark.parametrize("written", NOTATIONS)
+def test_the_look_up_form_of_a_number_in_any_notation_is_its_e164_form(written):
+    assert e164_for_lookup(written, "SK") == MOBILE
+
+
+@pytest.mark.parametrize("raw", ["", None, "abc", "anonymous", "+1", "tel:", "0905 12x"])
+def test_what_is_not_a_number_has_no_look_up_form(raw):
+    assert e164_for_lookup(raw, "SK") is None
+
+
+def test_a_number_the_plan_does_not_assign_still_has_a_look_up_form():
+    # Looked up among validated numbers it is simply not found.
+    assert normalize("0905 123 4567", "SK") is None
+    assert e164_for_lookup("0905 123 4567", "SK") == "+4219051234567"
