@@ -1,11 +1,11 @@
 """callbackd: `python -m callbackd --config /etc/vpbx/callbackd.json`.
 
-SIGHUP re-reads the routing data (lists, numbers) without touching callbacks
-in progress; SIGTERM ends them (hang-up, CDR) and exits.
+The routing data (lists, numbers) is read again when its file was replaced,
+checked at each trigger and on SIGHUP, without touching callbacks in
+progress; SIGTERM ends them (hang-up, CDR) and exits.
 """
 
 import argparse
-import json
 import logging
 import logging.handlers
 import signal
@@ -17,16 +17,11 @@ from callbackd.engine import Engine
 from callbackd.prompts import PromptError, Prompts
 from callbackd.rtpengine import NgClient
 from callbackd.sip import SipEndpoint
-from vpbx import model
+from vpbx.routing_file import RoutingFile
 
 log = logging.getLogger("callbackd")
 STOP_GRACE_S = 1.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def load_routing(path) -> model.Config:
-    with open(path) as f:
-        return model.load(json.load(f), rendered=True)
 
 
 def setup_logging(log_file) -> None:
@@ -44,35 +39,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         setup_logging(settings.log_file)
-        routing = load_routing(settings.routing_file)
+        routing = RoutingFile(settings.routing_file)
+        config = routing.load()
         prompts = Prompts(settings.prompts_dir)
-        prompts.check({d.callback.language for d in routing.numbers.values() if d.callback})
+        prompts.check({d.callback.language for d in config.numbers.values() if d.callback})
     except (SettingsError, PromptError, OSError, ValueError) as exc:
         print(f"callbackd: {exc}", file=sys.stderr)
         return 2
 
-    engine = Engine(settings, routing, NgClient(settings.rtpengine_ng), CdrWriter(settings.cdr_file),
-                    prompts)
+    engine = Engine(settings, routing, config, NgClient(settings.rtpengine_ng),
+                    CdrWriter(settings.cdr_file), prompts)
     sip = SipEndpoint(settings.sip_listen, engine.on_trigger, outbound_proxy=settings.proxy)
     engine.attach(sip)
     sip.open_udp(settings.dtmf_listen, engine.on_dtmf_datagram)
-
-    def reload() -> None:
-        try:
-            engine.reload(load_routing(settings.routing_file))
-        except (OSError, ValueError) as exc:
-            log.error("reload refused, keeping the routing in use: %s", exc)
 
     def stop() -> None:
         engine.shutdown()
         # A moment for the BYEs and CANCELs of the callbacks just ended to go out.
         sip.call_later(STOP_GRACE_S, sip.stop)
 
-    signal.signal(signal.SIGHUP, lambda *_: sip.call_soon_threadsafe(reload))
+    signal.signal(signal.SIGHUP, lambda *_: sip.call_soon_threadsafe(engine.refresh_routing))
     signal.signal(signal.SIGTERM, lambda *_: sip.call_soon_threadsafe(stop))
     signal.signal(signal.SIGINT, lambda *_: sip.call_soon_threadsafe(stop))
     log.info("callbackd ready: SIP %s:%d, %d callback DIDs", *settings.sip_listen,
-             sum(1 for d in routing.numbers.values() if d.callback and d.callback.enabled))
+             sum(1 for d in config.numbers.values() if d.callback and d.callback.enabled))
     sip.run()
     return 0
 

@@ -31,6 +31,7 @@ from callbackd.rtpengine import NgClient, NgError, placeholder_sdp
 from callbackd.sip import Leg, LegHandler, SipEndpoint
 from vpbx import decide, model
 from vpbx.numbers import normalize
+from vpbx.routing_file import RoutingFile
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,12 @@ LEG_RING_MARGIN_S = 5.0
 class Engine:
     """Takes triggers, runs sessions, writes CDRs."""
 
-    def __init__(self, settings: Settings, routing: model.Config, ng: NgClient, cdr: CdrWriter,
-                 prompts: Prompts):
+    def __init__(self, settings: Settings, routing: RoutingFile, config: model.Config, ng: NgClient,
+                 cdr: CdrWriter, prompts: Prompts):
+        """`config`: what `routing` loaded last."""
         self.settings = settings
-        self.router = decide.Router(routing)
+        self.routing = routing
+        self.router = decide.Router(config)
         self.ng = ng
         self.cdr = cdr
         self.prompts = prompts
@@ -72,14 +75,24 @@ class Engine:
     def attach(self, sip: SipEndpoint) -> None:
         self.sip = sip
 
-    def reload(self, routing: model.Config) -> None:
-        """New lists and numbers for new triggers; sessions in progress keep theirs."""
-        self.router = decide.Router(routing)
-        log.info("routing reloaded: %d DIDs", len(routing.numbers))
+    def refresh_routing(self) -> None:
+        """A replaced routing file applies to new triggers; sessions in progress keep theirs."""
+        started = time.monotonic()
+        try:
+            routing = self.routing.replaced()
+        except Exception as exc:
+            log.error("new routing refused, keeping the routing in use: %s", exc)
+            return
+        if routing is not None:
+            self.router = decide.Router(routing)
+            log.info("routing reloaded in %.0f ms: %d DIDs, %d listed numbers",
+                     (time.monotonic() - started) * 1000, len(routing.numbers),
+                     sum(len(v) for v in routing.number_lists.values()))
 
     # -- from the SIP edge -----------------------------------------------------
 
     def on_trigger(self, did_user: str, caller_user: str, headers: dict[str, str]):
+        self.refresh_routing()
         config = self.router.config
         did_number = headers.get(DID_HEADER) or normalize(did_user, config.default_country)
         employee = headers.get(EMPLOYEE_HEADER) or normalize(caller_user, config.default_country)

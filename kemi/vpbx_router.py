@@ -18,8 +18,6 @@ Rules of the road:
 """
 
 import importlib
-import json
-import os
 import site
 import sys
 import time
@@ -67,7 +65,7 @@ AUTH_RECHALLENGE = (-4, -5)
 LOCATION = "location"
 LOG_PREFIX = "vpbx: "
 # The vpbx package in the order its modules import one another.
-VPBX_MODULES = ("vpbx.numbers", "vpbx.model", "vpbx.policy", "vpbx.decide")
+VPBX_MODULES = ("vpbx.numbers", "vpbx.model", "vpbx.routing_file", "vpbx.policy", "vpbx.decide")
 STATE_MODULE = "vpbx_router_state"
 
 
@@ -87,27 +85,20 @@ def _fresh_vpbx():
     for name in VPBX_MODULES:
         cached = sys.modules.get(name)
         modules[name] = importlib.reload(cached) if cached else importlib.import_module(name)
-    return modules["vpbx.decide"], modules["vpbx.model"]
+    return modules["vpbx.decide"], modules["vpbx.model"], modules["vpbx.routing_file"]
 
 
-def routing_version():
-    """What identifies one routing.json: Ansible replaces it by rename (new inode)."""
-    st = os.stat(ROUTING_FILE)
-    return st.st_ino, st.st_mtime_ns, st.st_size
-
-
-def load_routing(decide, model):
-    """(version, decide.Router) of the routing.json in place now."""
-    # The version first: a file replaced in between is loaded again on the next request.
-    version = routing_version()
+def timed(load, decide):
+    """A decide.Router over what `load()` returns, with a log line saying how long it took."""
     started = time.monotonic()
-    with ROUTING_FILE.open() as f:
-        config = model.load(json.load(f), rendered=True)
+    config = load()
+    if config is None:
+        return None
     router = decide.Router(config)
     KSR.info(f"{LOG_PREFIX}routing loaded in {(time.monotonic() - started) * 1000:.0f} ms: "
              f"{len(config.numbers)} DIDs, {sum(len(v) for v in config.number_lists.values())} "
              f"listed numbers\n")
-    return version, router
+    return router
 
 
 def mod_init():
@@ -115,8 +106,9 @@ def mod_init():
     state = sys.modules.setdefault(STATE_MODULE, types.ModuleType(STATE_MODULE))
     try:
         _use_runtime()
-        decide, model = _fresh_vpbx()
-        state.router = VpbxRouter(decide, model, *load_routing(decide, model))
+        decide, model, routing_file = _fresh_vpbx()
+        routing = routing_file.RoutingFile(ROUTING_FILE)
+        state.router = VpbxRouter(decide, model, routing, timed(routing.load, decide))
     except Exception as exc:
         # A router that cannot load must not take Kamailio down with it.
         previous = getattr(state, "router", None)
@@ -152,11 +144,10 @@ class Unavailable:
 
 
 class VpbxRouter:
-    def __init__(self, decide, model, version, router):
+    def __init__(self, decide, model, routing, router):
         self.decide = decide
         self.model = model
-        self.version = version
-        self.failed_version = None
+        self.routing = routing
         self.use(router)
 
     def use(self, router):
@@ -168,25 +159,15 @@ class VpbxRouter:
         return 0
 
     def refresh_routing(self):
-        """Load routing.json if it was replaced since this worker loaded it.
-
-        A file that does not load is reported once and the routing in use stays.
-        """
+        """Load routing.json if it was replaced since this worker loaded it (vpbx.routing_file)."""
         try:
-            version = routing_version()
-        except OSError:
-            return
-        if version == self.version or version == self.failed_version:
-            return
-        try:
-            version, router = load_routing(self.decide, self.model)
+            router = timed(self.routing.replaced, self.decide)
         except Exception as exc:
-            self.failed_version = version
             KSR.err(f"{LOG_PREFIX}new routing NOT loaded ({type(exc).__name__}: {exc}); "
                     f"keeping the routing in use\n")
             return
-        self.version = version
-        self.use(router)
+        if router is not None:
+            self.use(router)
 
     # -- request route -----------------------------------------------------
 

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from vpbx import decide, model
+from vpbx.routing_file import RoutingFile
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "kemi" / "vpbx_router.py"
@@ -74,7 +75,8 @@ def callback_did_and_list(variables: dict) -> tuple[str, dict]:
 
 def worker(script):
     """A worker's router as mod_init builds it, over the routing.json in place."""
-    return script.VpbxRouter(decide, model, *script.load_routing(decide, model))
+    routing = RoutingFile(script.ROUTING_FILE)
+    return script.VpbxRouter(decide, model, routing, script.timed(routing.load, decide))
 
 
 def newcomer_is_listed(router, did: str) -> bool:
