@@ -21,7 +21,8 @@ client answer to the first end):
   generators, which share the two cores.
 
 A step passes with every callback bridged, no SIPp failure and loss <= 1 %.
-The ramp stops after the first failing step. Finally the lab is deployed again.
+After the first failing step the ramp tries once halfway back (to 25), then stops.
+Finally the lab is deployed again.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ SETUP_S = 5.0
 MARGIN_S = 3.0
 GOAL = 300
 LOSS_LIMIT = 0.01
-DEFAULT_STEPS = (100, 200, 300, 400)
+DEFAULT_STEPS = (100, 200, 300, 400, 500)
+REFINE_GRAIN = 25
 PACKET_S = 0.020
 CAPTURE_BUFFER_MIB = 512
 CAPTURE_SNAPLEN = 64  # Ethernet + IPv4 + UDP + the RTP header
@@ -206,6 +208,7 @@ class Step:
     window_s: float
     usage: dict
     capture_drops: str
+    sipp_overloaded: int  # SIPp's own warnings that it fell behind its schedule
 
     @property
     def passed(self) -> bool:
@@ -236,6 +239,7 @@ def run_step(calls: int, steady_s: float, config: model.Config, did: model.Did, 
     capture = work / f"rtp-{calls}.pcap"
     meter = UsageMeter({**SERVICES, "sipp (load)": ["-x", "sipp"], "dumpcap (capture)": ["-x", "dumpcap"]})
     failed: list[str] = []
+    overloaded = 0
     with RtpCapture(capture, f"udp and portrange {low}-{high}") as cap, NgClient(config_ng()) as ng:
         try:
             far_end = runner.start_uas("far_end.xml", trunk.address.host, trunk.address.port, keys,
@@ -258,6 +262,7 @@ def run_step(calls: int, steady_s: float, config: model.Config, did: model.Did, 
                 code = sipp.wait()
                 if code != 0:
                     failed.append(f"{name}: exit {code} (logs {runner.log_dir})")
+                overloaded += sipp.error_log.read_text(errors="replace").count("Overload warning")
         finally:
             runner.close()
     cdrs = wait_for_cdrs(cdr_path, cdr_offset, calls)
@@ -268,7 +273,7 @@ def run_step(calls: int, steady_s: float, config: model.Config, did: model.Did, 
     held = sum(1 for c in cdrs if c["result"] == "bridged" and c["bridged_seconds"] >= hold_s - 1)
     loss, pps = rtp_loss(capture, pairs, start, end) if end > start else (Loss(), 0.0)
     capture.unlink()
-    return Step(calls, held, results, failed, loss, pps, end - start, usage, cap.dropped())
+    return Step(calls, held, results, failed, loss, pps, end - start, usage, cap.dropped(), overloaded)
 
 
 def config_ng() -> tuple[str, int]:
@@ -294,6 +299,9 @@ def report(step: Step) -> None:
         f"({step.pps_in:,.0f} packets/s), {loss.sent:,} in, {loss.forwarded:,} forwarded: "
         f"loss {loss.ratio:.3%} (worst stream {loss.worst:.2%}, {loss.silent} with nothing forwarded)")
     say(f"  capture: {step.capture_drops}")
+    if step.sipp_overloaded:
+        say(f"  SIPp fell behind its schedule {step.sipp_overloaded} times (its 'Overload warning': "
+            f"the load generator, not the PBX, ran out of CPU)")
     for name, u in step.usage.items():
         say(f"  {name:18} CPU {u.cpu:6.1%} of a core   PSS {u.pss_kb / 1024:7.1f} MiB   "
             f"RSS {u.rss_kb / 1024:7.1f} MiB   ({u.processes} processes)")
@@ -318,13 +326,19 @@ def main() -> int:
     deploy(inventory)
     best = 0
     try:
-        for calls in steps:
+        pending = list(steps)
+        while pending:
+            calls = pending.pop(0)
             say(f"\n{calls} concurrent bridged callbacks (triggers at {RATE}/s):")
             step = run_step(calls, args.steady, config, did, work)
             report(step)
-            if not step.passed:
-                break
-            best = calls
+            if step.passed:
+                best = calls
+            elif best and calls - best > 2 * REFINE_GRAIN and calls in steps:
+                # Once between the last step held and the first that was not.
+                pending = [best + (calls - best) // 2 // REFINE_GRAIN * REFINE_GRAIN]
+            else:
+                pending = []
             time.sleep(5)
     finally:
         if not args.keep_deploy:
