@@ -21,7 +21,7 @@ client answer to the first end):
   generators, which share the two cores.
 
 A step passes with every callback bridged, no SIPp failure and loss <= 1 %.
-After the first failing step the ramp tries once halfway back (to 25), then stops.
+After the first failing step the ramp tries once halfway back (in steps of 25), then stops.
 Finally the lab is deployed again.
 """
 

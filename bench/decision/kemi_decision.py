@@ -6,8 +6,8 @@ Rules of the road:
   every request. Returning 1 ends the request route.
 - The decision is the real one: `vpbx.decide.Router.trunk_for($si)` then
   `Router.decide(origin, $rU, caller)` over the `routing.json` beside this
-  script, loaded with `vpbx.model.load(..., rendered=True)` as the router
-  loads it.
+  script, loaded with `vpbx.routing_file.RoutingFile` and asked on every
+  request whether the file was replaced, as the router does.
 - The action is a stateless final reply whose code follows the action:
   TriggerCallback -> its reply_code, Reject -> its code, RouteScheme -> 480
   (a stand-in for relaying, which this bench leaves out).
@@ -20,7 +20,6 @@ Rules of the road:
     floor     the same KSR reads and reply, no vpbx at all: app_python3's own cost
 """
 
-import json
 import os
 import site
 import sys
@@ -53,16 +52,13 @@ def mod_init():
     import netaddr
     import phonenumbers
 
-    from vpbx import decide, model
+    from vpbx import decide
+    from vpbx.routing_file import RoutingFile
 
     mode = os.environ.get("VPBX_BENCH_KEMI", "decision")
     started = time.perf_counter()
-    with ROUTING_FILE.open() as f:
-        data = json.load(f)
-    try:
-        config = model.load(data, rendered=True)  # as kemi/vpbx_router.py loads it
-    except TypeError:  # a vpbx from before load(rendered=...), e.g. an older deploy
-        config = model.load(data)
+    routing = RoutingFile(ROUTING_FILE)
+    config = routing.load()
     router = decide.Router(config)
     seconds = time.perf_counter() - started
     listed = sum(len(v) for v in config.number_lists.values())
@@ -72,18 +68,23 @@ def mod_init():
             f"netaddr={netaddr.__version__}@{netaddr.__file__}\n")
     if mode == "floor":
         return FloorBench()
-    return DecisionBench(decide, router)
+    return DecisionBench(decide, routing, router)
 
 
 class DecisionBench:
-    def __init__(self, decide, router):
+    def __init__(self, decide, routing, router):
         self.decide = decide
+        self.routing = routing
         self.router = router
 
     def child_init(self, rank):
         return 0
 
     def ksr_request_route(self, msg):
+        # As kemi/vpbx_router.py: a replaced routing.json applies with the next request.
+        config = self.routing.replaced()
+        if config is not None:
+            self.router = self.decide.Router(config)
         # Only INVITEs are decided; ACKs to our replies are absorbed by sl before this.
         if not KSR.is_INVITE():
             if not KSR.is_ACK():
