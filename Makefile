@@ -51,6 +51,8 @@ e2e: venv
 bench: venv
 	python bench/decision.py
 	python bench/callback_latency.py
+	python bench/bridged_callbacks.py
+	python bench/reload.py
 
 ## demo: one callback on the lab deploy, told as a story, with its CDR line
 demo: venv
