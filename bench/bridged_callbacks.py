@@ -262,7 +262,8 @@ def run_step(calls: int, steady_s: float, config: model.Config, did: model.Did, 
                 code = sipp.wait()
                 if code != 0:
                     failed.append(f"{name}: exit {code} (logs {runner.log_dir})")
-                overloaded += sipp.error_log.read_text(errors="replace").count("Overload warning")
+                if sipp.error_log.exists():  # SIPp writes it at the first error only
+                    overloaded += sipp.error_log.read_text(errors="replace").count("Overload warning")
         finally:
             runner.close()
     cdrs = wait_for_cdrs(cdr_path, cdr_offset, calls)
