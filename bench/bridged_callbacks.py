@@ -218,7 +218,6 @@ class Step:
     sipp_overloaded: int  # SIPp's own warnings that it fell behind its schedule
 
     @property
-    @property
     def load_reached(self) -> float:
         """Packets/s into RTPengine against the nominal 50/s of each of the 2 x N streams."""
         return self.pps_in * PACKET_S / (2 * self.calls)
