@@ -49,6 +49,11 @@ RECORDING_POLL_S = 0.2
 RINGBACK_REPEATS = 1000
 # The SIP leg's own ring limit is a backstop: the machine's timer cancels first.
 LEG_RING_MARGIN_S = 5.0
+# A bridged callback with no media either way for this long is over: both
+# phones are gone without a BYE (a lost network, a crashed far end). Matches
+# RTPengine's own `timeout` (role rtpengine), after which it drops the call.
+MEDIA_TIMEOUT_S = 60.0
+MEDIA_CHECK_S = 15.0
 
 
 class Engine:
@@ -74,6 +79,22 @@ class Engine:
 
     def attach(self, sip: SipEndpoint) -> None:
         self.sip = sip
+        sip.call_later(MEDIA_CHECK_S, self._check_media)
+
+    def _check_media(self) -> None:
+        """Ask RTPengine, for every bridged callback, whether media still flows."""
+        for session in list(self.sessions.values()):
+            if session.machine.state is machine.State.BRIDGED:
+                self.media(session, self._end_if_silent, session)
+        self.sip.call_later(MEDIA_CHECK_S, self._check_media)
+
+    def _end_if_silent(self, session: "Session") -> None:
+        last = self.ng.last_media_at(session.media_call_id)
+        silent = time.time() - last if last is not None else float("inf")
+        if silent > MEDIA_TIMEOUT_S:
+            log.warning("callback %s: no media for %s, ending it", session.id,
+                        f"{silent:.0f} s" if last is not None else "so long RTPengine dropped the call")
+            self.sip.call_soon_threadsafe(session.feed, "abort")
 
     def refresh_routing(self) -> None:
         """A replaced routing file applies to new triggers; sessions in progress keep theirs."""

@@ -261,10 +261,31 @@ class NgClient:
         """
         self.request("play DTMF", call_id=call_id, from_tag=from_tag, code=digit, duration=duration_ms)
 
+    def last_media_at(self, call_id: str) -> float | None:
+        """When RTPengine last received a packet of the call (epoch s); None
+        when the call is gone (RTPengine's own media timeout deletes it)."""
+        try:
+            return last_packet(self.request("query", call_id=call_id))
+        except NgError as exc:
+            if "unknown call" in exc.reason.lower():
+                return None
+            raise
+
     def delete(self, call_id: str, delay: int | None = 0) -> dict[str, Any]:
         """Delete the call. ``delay`` 0 (default) overrides the daemon's
         ``delete-delay`` so the recording is closed at once; ``None`` keeps it."""
         return self.request("delete", call_id=call_id, delete_delay=delay)
+
+
+def last_packet(query_reply: dict[str, Any]) -> float:
+    """The newest ``last packet`` (epoch s) over every stream of an ng ``query``
+    reply; its creation time when no stream has seen one."""
+    newest = float(query_reply.get("created", 0))
+    for tag in (query_reply.get("tags") or {}).values():
+        for media in tag.get("medias") or ():
+            for stream in media.get("streams") or ():
+                newest = max(newest, float(stream.get("last packet", 0)))
+    return newest
 
 
 # -- SDP helpers --------------------------------------------------------------
