@@ -53,9 +53,10 @@ from lab import (
     SERVICES,
     UsageMeter,
     bench_inventory,
-    callback_did,
+    callback_list,
     deploy,
     machine,
+    numbered,
     say,
     wait_until_quiet,
 )
@@ -89,18 +90,6 @@ GENERATOR_NICE = 10
 KEEP_UP = 0.95  # packets/s into RTPengine against 2 streams x 50/s per callback
 CAPTURE_BUFFER_MIB = 512
 CAPTURE_SNAPLEN = 64  # Ethernet + IPv4 + UDP + the RTP header
-
-
-def employees(count: int) -> list[str]:
-    return [f"{EMPLOYEE_PREFIX}{n:05d}" for n in range(1, count + 1)]
-
-
-def listing(listed: list[str]):
-    def change(variables: dict) -> None:
-        did = callback_did(variables)
-        did["callback"]["record"] = False
-        variables["vpbx_number_lists"] = [{"name": did["callback"]["list"], "numbers": listed}]
-    return change
 
 
 def rtpengine_ports() -> tuple[int, int]:
@@ -244,7 +233,7 @@ def run_step(calls: int, steady_s: float, config: model.Config, did: model.Did, 
         "client_hangup": f"local:{round(hold_s * 1000)}", "ring_ms": 100,
     }
     csv = work / f"triggers-{calls}.csv"
-    csv.write_text("SEQUENTIAL\n" + "".join(f"{e};{did.number}\n" for e in employees(calls)))
+    csv.write_text("SEQUENTIAL\n" + "".join(f"{e};{did.number}\n" for e in numbered(EMPLOYEE_PREFIX, calls)))
     cdr_path = Path(json.loads(CALLBACKD_CONFIG.read_text())["cdr_file"])
     cdr_offset = cdr_path.stat().st_size if cdr_path.exists() else 0
     low, high = rtpengine_ports()
@@ -337,7 +326,7 @@ def main() -> int:
     wait_until_quiet()
     say("Machine: " + "; ".join(f"{k}: {v}" for k, v in machine().items()))
     work = Path(tempfile.mkdtemp(prefix="vpbx-bench-bridged-"))
-    inventory = bench_inventory(work, listing(employees(max(steps))))
+    inventory = bench_inventory(work, callback_list(numbered(EMPLOYEE_PREFIX, max(steps))))
     config = model.load(yaml.safe_load((inventory / "group_vars" / "all.yml").read_text()))
     did = next(d for d in config.numbers.values() if d.callback and d.callback.enabled)
     deploy(inventory)

@@ -29,7 +29,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 
-from lab import LAB, REPO, bench_inventory, callback_did, deploy, percentile, say, wait_until_quiet
+from lab import LAB, REPO, bench_inventory, callback_list, deploy, numbered, percentile, say, wait_until_quiet
 from rtp_pcap import tone_pcap
 from sipp import SippRunner
 from wire import Capture
@@ -47,19 +47,6 @@ HOLD_MS = 4000
 # One callback at a time is sampled this often, each after the last ended.
 SEQUENTIAL_SAMPLES = 10
 CALLBACK_SECONDS = 9
-
-
-def employees(count: int) -> list[str]:
-    return [f"{EMPLOYEE_PREFIX}{n:05d}" for n in range(1, count + 1)]
-
-
-def listing(listed: list[str]):
-    """Change for bench_inventory: the callback DID's list holds `listed`, no recording."""
-    def change(variables: dict) -> None:
-        did = callback_did(variables)
-        did["callback"]["record"] = False
-        variables["vpbx_number_lists"] = [{"name": did["callback"]["list"], "numbers": listed}]
-    return change
 
 
 def first_line(payload: bytes) -> str:
@@ -124,7 +111,7 @@ def run(concurrency: int, config: model.Config, did: model.Did, work: Path) -> d
         "client_hangup": f"local:{HOLD_MS}", "ring_ms": 100,
     }
     csv = work / f"triggers-{concurrency}.csv"
-    csv.write_text("SEQUENTIAL\n" + "".join(f"{e};{did.number}\n" for e in employees(calls)))
+    csv.write_text("SEQUENTIAL\n" + "".join(f"{e};{did.number}\n" for e in numbered(EMPLOYEE_PREFIX, calls)))
     capture = work / f"wire-{concurrency}.pcap"
     bpf = f"udp and (port {config.sip_listen.port} or port {trunk.address.port})"
     try:
@@ -163,7 +150,8 @@ def main() -> int:
     levels = [int(n) for n in args.concurrency.split(",")]
     wait_until_quiet()
     work = Path(tempfile.mkdtemp(prefix="vpbx-bench-latency-"))
-    inventory = bench_inventory(work, listing(employees(max([*levels, SEQUENTIAL_SAMPLES]))))
+    listed = numbered(EMPLOYEE_PREFIX, max([*levels, SEQUENTIAL_SAMPLES]))
+    inventory = bench_inventory(work, callback_list(listed))
     config = model.load(yaml.safe_load((inventory / "group_vars" / "all.yml").read_text()))
     did = next(d for d in config.numbers.values() if d.callback and d.callback.enabled)
     deploy(inventory)

@@ -40,7 +40,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import random
 import re
 import resource
@@ -58,6 +57,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+import lab
 
 from vpbx import model
 
@@ -133,7 +134,6 @@ CHECK_RATE = 400
 # CI-like runs, deploys and other benches share the CPUs (this process is left out).
 BUSY_PATTERNS = ("molecule", "pytest tests/e2e", ".ci/run", "ansible-playbook",
                  r"python[0-9.]* bench/\w+\.py")
-BUSY_POLL_SECONDS = 30
 BUSY_WAIT_SECONDS = 20 * 60
 GOAL_RATIO = 0.9
 GOAL_SIZE = 100000
@@ -151,15 +151,6 @@ class BenchError(RuntimeError):
 # -- machine ---------------------------------------------------------------
 
 
-def _first_line(argv: list[str]) -> str:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unknown ({exc})"
-    text = (out.stdout or out.stderr).strip()
-    return text.splitlines()[0].strip() if text else "unknown"
-
-
 EMBEDDED_VERSIONS = """
 import sys
 try:
@@ -172,74 +163,16 @@ print(f"{sys.version.split()[0]} ({own}; the KEMI scripts put the runtime first)
 
 
 def machine() -> dict[str, str]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem_kb = 0
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kb = int(line.split()[1])
-    embedded = _first_line([EMBEDDED_PYTHON, "-c", EMBEDDED_VERSIONS])
-    return {
-        "cpus": f"{os.cpu_count()} ({cpu})",
-        "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
-        "kernel": f"{platform.system()} {platform.release()}",
-        "os": _os_name(),
-        "kamailio": _first_line([KAMAILIO, "-v"]),
-        "sipp": _first_line([SIPP, "-v"]),
-        "embedded python": embedded,
-        "load average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
-
-
-def _os_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/etc/os-release").read_text().splitlines():
-            if line.startswith("PRETTY_NAME="):
-                return line.split("=", 1)[1].strip('"')
-    return "unknown"
-
-
-def _ancestors() -> set[int]:
-    """This process and those that started it (a `timeout` or `make` around the bench)."""
-    pids, pid = set(), os.getpid()
-    while pid > 1 and pid not in pids:
-        pids.add(pid)
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            break
-    return pids
+    return {**lab.machine(), "embedded python": lab.first_line([EMBEDDED_PYTHON, "-c", EMBEDDED_VERSIONS])}
 
 
 def busy_processes() -> list[str]:
-    found, mine = [], _ancestors()
-    for pattern in BUSY_PATTERNS:
-        out = subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True, timeout=10)
-        for line in out.stdout.splitlines():
-            if int(line.split()[0]) not in mine:
-                found.append(line.strip())
-    return found
+    return lab.busy_processes(BUSY_PATTERNS)
 
 
 def wait_until_quiet(max_wait: float) -> bool:
     """Wait while CI-like runs (molecule, e2e, .ci/run) share the CPUs; True when quiet."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        busy = busy_processes()
-        if not busy:
-            return True
-        if time.monotonic() >= deadline:
-            print(f"WARNING: the machine is still busy after {max_wait:.0f} s; measuring anyway, "
-                  f"figures may be low:\n  " + "\n  ".join(busy[:5]), flush=True)
-            return False
-        print(f"waiting for a quiet machine ({len(busy)} CI-like processes, e.g. {busy[0][:100]})",
-              flush=True)
-        time.sleep(BUSY_POLL_SECONDS)
+    return lab.wait_until_quiet(max_wait, BUSY_PATTERNS)
 
 
 # -- data --------------------------------------------------------------------

@@ -139,6 +139,21 @@ def callback_did(variables: dict) -> dict:
     return next(d for d in variables["vpbx_numbers"] if d.get("callback", {}).get("enabled"))
 
 
+def callback_list(numbers: list[str]) -> Callable[[dict], None]:
+    """A change for bench_inventory: the first callback DID's list holds `numbers`, no recording."""
+    def change(variables: dict) -> None:
+        did = callback_did(variables)
+        did["callback"]["record"] = False
+        others = [x for x in variables["vpbx_number_lists"] if x["name"] != did["callback"]["list"]]
+        variables["vpbx_number_lists"] = [*others, {"name": did["callback"]["list"], "numbers": numbers}]
+    return change
+
+
+def numbered(prefix: str, count: int) -> list[str]:
+    """`count` numbers `prefix` + 5 digits, from 00001: one per employee of a bench."""
+    return [f"{prefix}{n:05d}" for n in range(1, count + 1)]
+
+
 def playbook_argv(inventory: Path) -> list[str]:
     return [str(ANSIBLE_PLAYBOOK), "-i", str(inventory), str(PLAYBOOK)]
 

@@ -42,7 +42,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 
 import yaml
-from lab import LAB, REPO, bench_inventory, callback_did, deploy, machine, say, wait_until_quiet
+from lab import (
+    LAB,
+    REPO,
+    bench_inventory,
+    callback_list,
+    deploy,
+    machine,
+    say,
+    wait_until_quiet,
+)
 from rtp_pcap import empty_pcap
 from sipp import SippRunner
 
@@ -70,15 +79,6 @@ def mobiles(count: int, rng: random.Random, avoid: set[str]) -> list[str]:
         if number not in avoid:
             out.add(number)
     return sorted(out)
-
-
-def with_list(numbers: list[str]):
-    def change(variables: dict) -> None:
-        did = callback_did(variables)
-        did["callback"]["record"] = False
-        [listed] = [x for x in variables["vpbx_number_lists"] if x["name"] == did["callback"]["list"]]
-        listed["numbers"] = numbers
-    return change
 
 
 def kamailio_log(since: float) -> tuple[dict[int, tuple[float, int]], list[tuple[float, int]]]:
@@ -183,8 +183,8 @@ def main() -> int:
     before = mobiles(args.numbers, rng, set())
     kept = before[: args.numbers // 2]
     after = sorted(kept + mobiles(args.numbers - len(kept), rng, set(before)))
-    first = bench_inventory(work / "before", with_list(before))
-    second = bench_inventory(work / "after", with_list(after))
+    first = bench_inventory(work / "before", callback_list(before))
+    second = bench_inventory(work / "after", callback_list(after))
     config = model.load(yaml.safe_load((first / "group_vars" / "all.yml").read_text()))
     did = next(d for d in config.numbers.values() if d.callback and d.callback.enabled)
     workers = int(yaml.safe_load((REPO / "roles" / "kamailio" / "defaults" / "main.yml").read_text())
