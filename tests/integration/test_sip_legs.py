@@ -5,7 +5,7 @@ The endpoint runs its reactor on a background thread for the whole module;
 tests talk to it through call_soon_threadsafe and read what the handlers saw
 from queues. Every wait is bounded; SIPp runs with its own -timeout.
 
-    /tmp/cbvenv/bin/python -m pytest tests/integration -q
+    .venv/bin/python -m pytest tests/integration -q
 """
 
 import concurrent.futures
