@@ -54,6 +54,7 @@ from lab import (
     UsageMeter,
     bench_inventory,
     callback_list,
+    callbackd_settings,
     deploy,
     machine,
     numbered,
@@ -68,7 +69,6 @@ from callbackd.rtpengine import NgClient
 from vpbx import model
 
 TRIGGER = REPO / "bench" / "callback" / "trigger.xml"
-CALLBACKD_CONFIG = Path("/etc/vpbx/callbackd.json")
 RTPENGINE_CONFIG = Path("/etc/rtpengine/rtpengine.conf")
 EMPLOYEE_PREFIX = "+4219052"  # employees +4219052NNNNN; the client is elsewhere
 CLIENT_TYPED = "0907123456"
@@ -234,14 +234,15 @@ def run_step(calls: int, steady_s: float, config: model.Config, did: model.Did, 
     }
     csv = work / f"triggers-{calls}.csv"
     csv.write_text("SEQUENTIAL\n" + "".join(f"{e};{did.number}\n" for e in numbered(EMPLOYEE_PREFIX, calls)))
-    cdr_path = Path(json.loads(CALLBACKD_CONFIG.read_text())["cdr_file"])
+    settings = callbackd_settings()
+    cdr_path = settings.cdr_file
     cdr_offset = cdr_path.stat().st_size if cdr_path.exists() else 0
     low, high = rtpengine_ports()
     capture = work / f"rtp-{calls}.pcap"
     meter = UsageMeter({**SERVICES, "sipp (load)": ["-x", "sipp"], "dumpcap (capture)": ["-x", "dumpcap"]})
     failed: list[str] = []
     overloaded = 0
-    with RtpCapture(capture, f"udp and portrange {low}-{high}") as cap, NgClient(config_ng()) as ng:
+    with RtpCapture(capture, f"udp and portrange {low}-{high}") as cap, NgClient(settings.rtpengine_ng) as ng:
         try:
             far_end = runner.start_uas("far_end.xml", trunk.address.host, trunk.address.port, keys,
                                        calls=2 * calls, timeout=budget)
@@ -278,11 +279,6 @@ def run_step(calls: int, steady_s: float, config: model.Config, did: model.Did, 
     loss, pps = rtp_loss(capture, pairs, start, end) if end > start else (Loss(), 0.0)
     capture.unlink()
     return Step(calls, held, results, failed, loss, pps, end - start, usage, cap.dropped(), overloaded)
-
-
-def config_ng() -> tuple[str, int]:
-    host, _, port = json.loads(CALLBACKD_CONFIG.read_text())["rtpengine_ng"].rpartition(":")
-    return host, int(port)
 
 
 def wait_for_cdrs(path: Path, offset: int, count: int, limit_s: float = 60) -> list[dict]:

@@ -21,10 +21,13 @@ from pathlib import Path
 
 import yaml
 
+from callbackd.config import Settings, load_settings
+
 REPO = Path(__file__).resolve().parents[1]
 LAB = REPO / "inventories" / "lab"
 PLAYBOOK = REPO / "playbooks" / "site.yml"
 ANSIBLE_PLAYBOOK = REPO / ".venv" / "bin" / "ansible-playbook"
+CALLBACKD_CONFIG = Path("/etc/vpbx/callbackd.json")
 # Runs that share the CPUs with a bench and would spoil its figures.
 BUSY_PATTERNS = ("molecule", "pytest tests/e2e", "pytest tests/integration", ".ci/run", "ansible-playbook")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -169,6 +172,11 @@ def deploy(inventory: Path, quiet: bool = False) -> float:
     if run.returncode != 0:
         sys.exit(f"deploy failed:\n{run.stdout[-3000:]}")
     return time.monotonic() - started
+
+
+def callbackd_settings() -> Settings:
+    """The deployed callbackd's settings (its CDR file, log, routing file, RTPengine)."""
+    return load_settings(CALLBACKD_CONFIG)
 
 
 def percentile(values: list[float], p: float) -> float:

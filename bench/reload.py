@@ -10,12 +10,13 @@ inventory with half of the list replaced by new numbers.
 
 Measured:
 * playbook: its wall time (validation of the inventory included);
-* Kamailio: from routing.json replaced (its ctime: Ansible writes the file
-  elsewhere, then renames it into place) to the last SIP worker
-  that loaded it (its "routing loaded" log line), and each worker's load time;
-* callbackd: from its routing file replaced to its "routing reloaded" line;
+* Kamailio: from routing.json replaced (the rename into place, seen as a new
+  inode; the file's own times are those of Ansible's temporary copy) to the
+  last SIP worker that loaded it (its "routing loaded" log line), each
+  worker's load time, and the calls decided on the old list after the rename;
+* callbackd: its load time, and when it loaded after its file was replaced;
 * calls dropped: SIPp calls that failed, on either side (calls in progress
-  across the change included);
+  across the change included), and calls placed but not completed;
 * baseline, same run, same load: the same data loaded by Kamailio's own
   `kamcmd app_python.reload` (re-runs the script in each worker, one worker
   at a time) -- the path the playbook used before.
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import random
 import re
@@ -47,6 +47,7 @@ from lab import (
     REPO,
     bench_inventory,
     callback_list,
+    callbackd_settings,
     deploy,
     machine,
     say,
@@ -59,7 +60,6 @@ from vpbx import model
 
 KAMAILIO_ROUTING = Path("/etc/kamailio/vpbx/routing.json")
 KAMAILIO_LOG = Path("/var/log/vpbx/kamailio.log")
-CALLBACKD_CONFIG = Path("/etc/vpbx/callbackd.json")
 KAMCMD = ["kamcmd", "-s", "unix:/run/kamailio/kamailio_ctl"]
 SCENARIOS = REPO / "tests" / "e2e" / "scenarios"
 MOBILE_RANGES = tuple(f"+42190{d}" for d in range(1, 9))
@@ -216,7 +216,8 @@ def main() -> int:
         time.sleep(LEAD_S)
         replaced = len(after) - len(kept)
         say(f"\nThe change: {replaced:,} of {args.numbers:,} numbers replaced, by the playbook:")
-        c_file = Path(json.loads(CALLBACKD_CONFIG.read_text())["routing_file"])
+        callbackd = callbackd_settings()
+        c_file = callbackd.routing_file
         watches = [ReplaceWatch(KAMAILIO_ROUTING), ReplaceWatch(c_file)]
         for watch in watches:
             watch.start()
@@ -229,7 +230,7 @@ def main() -> int:
             f"after it started, callbackd's {c_replaced - played:.1f} s")
         time.sleep(1)  # the log lines reach the file
         _, k_load, k_stale = report_workers("Kamailio, each worker at its next request", k_replaced, workers)
-        c_loads = callbackd_loads(Path(json.loads(CALLBACKD_CONFIG.read_text())["log_file"]), c_replaced)
+        c_loads = callbackd_loads(callbackd.log_file, c_replaced)
         # callbackd reads a replaced file at its next trigger (none in this load) or on the
         # playbook's SIGHUP, whichever comes first: no trigger is decided on the old file.
         if c_loads:
