@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -265,6 +266,28 @@ class SippRunner:
         sipp = Sipp(name, argv, self.log_dir, seconds)
         self._processes.append(sipp)
         return sipp
+
+
+def release(callee: tuple[str, int], call_id: str) -> None:
+    """Tell a callee held with hangup=signal (callee.xml) to hang up now.
+
+    SIPp matches the INFO to its call by Call-ID alone; it goes straight to the
+    callee's socket, not through the PBX, and needs no answer.
+    """
+    ip, port = callee
+    request = (
+        f"INFO sip:release@{ip}:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {ip}:9;branch=z9hG4bK-release-{uuid.uuid4().hex[:12]}\r\n"
+        f"From: <sip:test@{ip}>;tag=release\r\n"
+        f"To: <sip:callee@{ip}>\r\n"
+        f"Call-ID: {call_id}\r\n"
+        "CSeq: 1 INFO\r\n"
+        "Max-Forwards: 70\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+    family = socket.AF_INET6 if ipaddress.ip_address(ip).version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.sendto(request, (ip, port))
 
 
 def free_udp_port(ip: str) -> int:

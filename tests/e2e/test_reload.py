@@ -1,26 +1,28 @@
 """An admin edits a number list and re-runs the playbook while a call is up.
 
 The change must apply without restarting Kamailio (same PID) and without
-touching the call in progress: its BYE still crosses the PBX afterwards.
+touching the call in progress: it is held until the playbook ends, however
+long that takes, and its BYE still crosses the PBX afterwards. How long a
+playbook run takes is measured in bench/, not here.
 """
 
 import os
 import shutil
 import subprocess
 import sys
-import time
+import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import REPO, inventory_dir
-from test_calls import callee_keys, caller_keys
+from peers import callee_keys, caller_keys
+from sipp import release
 
 KAMAILIO_PIDFILE = Path("/run/kamailio/kamailio.pid")
-PLAYBOOK_TIMEOUT = 600
-# The far end hangs up after this long: longer than a playbook run that
-# changes one list, so that its BYE crosses the PBX after the reload.
-HELD_CALL_S = 75
+PLAYBOOK_TIMEOUT = 900
+# SIPp's own limit for the held call: the playbook's limit and room for the BYE.
+HELD_CALL_LIMIT_S = PLAYBOOK_TIMEOUT + 60
 
 
 def deploy(inventory: Path) -> None:
@@ -56,25 +58,24 @@ def test_list_change_applies_by_playbook_without_restart_while_a_call_stays_up(
     edited_inventory,
 ):
     pid_before = kamailio_pid()
-    # A call in progress: forwarded out through the trunk; the far end hangs up later.
-    far_end_keys = callee_keys("answer", user=forward_number, hangup="local")
-    far_end_keys["hold_ms"] = HELD_CALL_S * 1000
-    far_end = sipp.start_uas("callee.xml", carrier_ip, trunk_port, far_end_keys,
-                             timeout=HELD_CALL_S + 30)
+    # A call in progress: forwarded out through the trunk; the far end holds
+    # it until the test releases it, after the playbook.
+    call_id = f"reload-{uuid.uuid4().hex}"
+    far_end = sipp.start_uas("callee.xml", carrier_ip, trunk_port,
+                             callee_keys("answer", user=forward_number, hangup="signal"),
+                             timeout=HELD_CALL_LIMIT_S)
     call = sipp.start_uac("carrier_call.xml", carrier_ip, str(pbx_address),
                           caller_keys(callback_did.number, unlisted_caller, hangup="remote"),
-                          timeout=HELD_CALL_S + 30)
-    call.wait_for_log("answered", timeout=10)
-    started = time.monotonic()
+                          timeout=HELD_CALL_LIMIT_S, extra=["-cid_str", call_id])
+    call.wait_for_log("answered", timeout=30)
     try:
         deploy(edited_inventory)
-        reload_took = time.monotonic() - started
         assert kamailio_pid() == pid_before, "Kamailio was restarted"
-        assert reload_took < HELD_CALL_S, f"the playbook took {reload_took:.0f} s, longer than the call"
         assert call.returncode is None and far_end.returncode is None, "the call ended during the reload"
         # The call set up before the reload ends cleanly: the far end's BYE reaches the caller.
-        far_end.expect_success(timeout=HELD_CALL_S + 30)
-        call.expect_success(timeout=30)
+        release((carrier_ip, trunk_port), call_id)
+        far_end.expect_success(timeout=60)
+        call.expect_success(timeout=60)
         # The newly listed caller now triggers the call-back, which rings its mobile.
         employee = sipp.start_uas("callee.xml", carrier_ip, trunk_port,
                                   callee_keys("answer", user=unlisted_caller, caller=callback_did.number),

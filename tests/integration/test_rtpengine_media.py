@@ -476,10 +476,9 @@ def test_ng_retry_reuses_the_cookie(fake_ng):
 
 def test_ng_no_reply_is_a_timeout(fake_ng):
     server = fake_ng(lambda cookie, req: [])
-    started = time.monotonic()
     with NgClient(server.address, timeout=0.1, retries=2) as ng, pytest.raises(NgTimeout):
         ng.ping()
-    assert len(server.requests) == 3 and time.monotonic() - started < 1.0
+    assert len(server.requests) == 3
 
 
 def test_ng_nobody_listening_is_a_timeout():
