@@ -34,6 +34,9 @@ LANGUAGES = ("sk", "en")
 DEFAULT_RING_TIMEOUT = 20
 DEFAULT_CALLBACK_REJECT = 486
 DEFAULT_DENIED_TYPES = ("premium_rate", "shared_cost")
+# A digest password is all that stands between a scanner and a registered
+# phone; shorter ones fall to offline guessing of a sniffed challenge.
+MIN_PASSWORD_LENGTH = 12
 # libphonenumber's number types by the names an admin writes in YAML.
 NUMBER_TYPES = {
     name.lower(): value
@@ -152,10 +155,12 @@ class _Checker:
             return []
         return value
 
-    def text(self, path: str, value: Any) -> str | None:
+    def text(self, path: str, value: Any, *, secret: bool = False) -> str | None:
         if isinstance(value, str) and value.strip():
             return value.strip()
-        self.error(path, f"must be a non-empty string, got {value!r}")
+        # Errors end up in playbook output and CI logs: a secret is never quoted.
+        got = _kind(value) if secret else repr(value)
+        self.error(path, f"must be a non-empty string, got {got}")
         return None
 
     def integer(self, path: str, value: Any, low: int, high: int) -> int | None:
@@ -211,6 +216,10 @@ def load(variables: Mapping[str, Any], *, rendered: bool = False) -> Config:
     validated every list number already, so one already in E.164 form is
     taken as it is. Parsing each again would cost a router reload about
     16 us per number, seconds for a list of 100k, in every worker.
+    Password rules are checked on the controller only, so that a service
+    never refuses a routing.json that a deploy older than a rule left in
+    place. A rendered copy may leave `vpbx_extensions` out (callbackd's
+    carries no passwords); ring steps are then not checked against it.
     """
     check = _Checker()
     for key in variables:
@@ -231,8 +240,9 @@ def load(variables: Mapping[str, Any], *, rendered: bool = False) -> Config:
         sip_listen = check.host_port("vpbx_sip_listen", variables["vpbx_sip_listen"])
     trunks = _trunks(check, variables.get("vpbx_trunks"))
     lists = _number_lists(check, variables.get("vpbx_number_lists"), country, rendered)
-    extensions = _extensions(check, variables.get("vpbx_extensions"))
-    schemes = _schemes(check, variables.get("vpbx_routing_schemes"), country, extensions)
+    extensions = _extensions(check, variables.get("vpbx_extensions"), enforce_rules=not rendered)
+    known = None if rendered and "vpbx_extensions" not in variables else extensions
+    schemes = _schemes(check, variables.get("vpbx_routing_schemes"), country, known)
     numbers = _numbers(check, variables.get("vpbx_numbers"), country, lists, schemes)
 
     if check.errors:
@@ -306,7 +316,7 @@ def _number_lists(
     return lists
 
 
-def _extensions(check: _Checker, value: Any) -> dict[str, str]:
+def _extensions(check: _Checker, value: Any, *, enforce_rules: bool) -> dict[str, str]:
     extensions, seen = {}, {}
     for i, item in enumerate(check.items("vpbx_extensions", value)):
         path = f"vpbx_extensions[{i}]"
@@ -317,14 +327,30 @@ def _extensions(check: _Checker, value: Any) -> dict[str, str]:
             check.error(f"{path}.number", f"must be 2 to 6 digits, got {item.get('number')!r}")
             number = None
         check.unique(f"{path}.number", number, seen)
-        password = check.text(f"{path}.password", item.get("password"))
+        password = check.text(f"{path}.password", item.get("password"), secret=True)
+        if password and enforce_rules:
+            for problem in password_problems(number, password):
+                check.error(f"{path}.password", problem)
         if number and password:
             extensions[number] = password
     return extensions
 
 
+def password_problems(number: str | None, password: str) -> list[str]:
+    """The rules `password` breaks, each said without quoting the password."""
+    problems = []
+    if len(password) < MIN_PASSWORD_LENGTH:
+        problems.append(f"must be at least {MIN_PASSWORD_LENGTH} characters long")
+    # The extension's number is the first guess of any SIP scanner.
+    if number and number in password:
+        problems.append(f"must not be or contain the extension number {number!r}")
+    if len(set(password)) == 1:
+        problems.append("must not be one character repeated")
+    return problems
+
+
 def _schemes(
-    check: _Checker, value: Any, country: str, extensions: Mapping[str, str]
+    check: _Checker, value: Any, country: str, extensions: Mapping[str, str] | None
 ) -> dict[str, tuple[Step, ...]]:
     schemes, names = {}, {}
     for i, item in enumerate(check.items("vpbx_routing_schemes", value)):
@@ -344,8 +370,9 @@ def _schemes(
 
 
 def _step(
-    check: _Checker, path: str, item: Any, country: str, extensions: Mapping[str, str]
+    check: _Checker, path: str, item: Any, country: str, extensions: Mapping[str, str] | None
 ) -> Step | None:
+    """One step; `extensions` None means they are not known here (see load)."""
     if not isinstance(item, Mapping):
         check.error(path, f"must be a mapping like {{reject: 480}}, got {_kind(item)}")
         return None
@@ -361,7 +388,7 @@ def _step(
         targets = []
         for j, ext in enumerate(check.items(f"{path}.ring", item["ring"])):
             ext = str(ext)
-            if ext not in extensions:
+            if extensions is not None and ext not in extensions:
                 check.error(f"{path}.ring[{j}]", f"no extension {ext!r} in vpbx_extensions")
             targets.append(ext)
         if not targets:

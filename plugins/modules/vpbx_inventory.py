@@ -9,8 +9,9 @@ short_description: Validate the vPBX inventory contract and publish it normalize
 description:
   - Reads every C(vpbx_*) variable of the host, validates it with C(vpbx.model)
     (types, numbers for C(vpbx_default_country), trunk CIDRs, references between
-    lists, schemes and DIDs, unknown keys) and fails listing every error, each
-    naming the file, the key path and the offending value.
+    lists, schemes and DIDs, unknown keys, extension passwords) and fails
+    listing every error, each naming the file, the key path and the offending
+    value (never a password: its error says the rule it breaks).
   - On success sets the fact C(vpbx_config), the contract with every number in E.164.
   - Runs on the controller only; changes nothing on any host.
 options: {}

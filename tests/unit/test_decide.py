@@ -50,8 +50,8 @@ def router() -> Router:
                 ],
                 "vpbx_number_lists": [{"name": "sales-mobiles", "numbers": [LISTED, "0905 333 444"]}],
                 "vpbx_extensions": [
-                    {"number": "100", "password": "secret-100"},
-                    {"number": "101", "password": "secret-101"},
+                    {"number": "100", "password": "unit-desk-a-secret"},
+                    {"number": "101", "password": "unit-desk-b-secret"},
                 ],
                 "vpbx_routing_schemes": [
                     {

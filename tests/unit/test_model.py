@@ -31,8 +31,8 @@ def inventory():
             {"name": "sales-mobiles", "numbers": ["+421905111222", "0905 333 444"]},
         ],
         "vpbx_extensions": [
-            {"number": "100", "password": "secret-100"},
-            {"number": "101", "password": "secret-101"},
+            {"number": "100", "password": "unit-desk-a-secret"},
+            {"number": "101", "password": "unit-desk-b-secret"},
         ],
         "vpbx_routing_schemes": [
             {
@@ -401,6 +401,71 @@ def test_every_mistake_of_one_inventory_is_reported_in_one_load(inventory):
         "vpbx_numbers[1].routing",
     ):
         assert_reported(errors, path)
+
+
+# --- extension passwords ---------------------------------------------------------------------------
+
+
+def set_password(inventory, password) -> None:
+    inventory["vpbx_extensions"][0]["password"] = password
+
+
+def test_a_good_password_passes(inventory):
+    set_password(inventory, "front-desk-Xq7vR2")
+    assert load(inventory).extensions["100"] == "front-desk-Xq7vR2"
+
+
+def test_a_password_shorter_than_12_characters_is_reported(inventory):
+    set_password(inventory, "Xq7vR2pL9wz")
+    assert_reported(errors_of(inventory), "vpbx_extensions[0].password", "at least 12 characters")
+
+
+def test_a_password_that_is_the_extension_number_is_reported(inventory):
+    set_password(inventory, "100")
+    assert_reported(errors_of(inventory), "vpbx_extensions[0].password", "extension number '100'")
+
+
+def test_a_password_containing_the_extension_number_is_reported(inventory):
+    set_password(inventory, "front-desk-100-secret")
+    assert_reported(errors_of(inventory), "vpbx_extensions[0].password", "extension number '100'")
+
+
+def test_a_password_of_one_repeated_character_is_reported(inventory):
+    set_password(inventory, "x" * 16)
+    assert_reported(errors_of(inventory), "vpbx_extensions[0].password", "one character repeated")
+
+
+@pytest.mark.parametrize("weak", ["Xq7vR2pL9wz", "front-desk-100-secret", "x" * 16])
+def test_a_password_error_never_quotes_the_password(inventory, weak):
+    set_password(inventory, weak)
+    assert not [e for e in errors_of(inventory) if weak in e]
+
+
+def test_a_password_that_is_not_a_string_is_reported_without_its_value(inventory):
+    set_password(inventory, 918273645546)
+    errors = errors_of(inventory)
+    assert_reported(errors, "vpbx_extensions[0].password", "non-empty string", "int")
+    assert not [e for e in errors if "918273645546" in e]
+
+
+def test_rendered_data_is_not_held_to_the_password_rules(inventory):
+    # A routing.json an older deploy left in place still loads in the services.
+    rendered = dump(load(inventory))
+    rendered["vpbx_extensions"][0]["password"] = "secret-100"
+    assert load(rendered, rendered=True).extensions["100"] == "secret-100"
+
+
+def test_rendered_data_without_extensions_loads_as_callbackd_gets_it(inventory):
+    rendered = dump(load(inventory))
+    del rendered["vpbx_extensions"]
+    config = load(rendered, rendered=True)
+    assert config.extensions == {}
+    assert config.routing_schemes == load(inventory).routing_schemes
+
+
+def test_an_inventory_without_extensions_cannot_ring_any(inventory):
+    del inventory["vpbx_extensions"]
+    assert_reported(errors_of(inventory), "vpbx_routing_schemes[0].steps[0].ring[0]", "'100'")
 
 
 def test_rendered_routing_data_loads_to_the_same_configuration(inventory):
