@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
 
     engine = Engine(settings, routing, config, NgClient(settings.rtpengine_ng),
                     CdrWriter(settings.cdr_file), prompts)
-    sip = SipEndpoint(settings.sip_listen, engine.on_trigger, outbound_proxy=settings.proxy)
+    sip = SipEndpoint(settings.sip_listen, engine.on_trigger, trusted=settings.trusted_proxies,
+                      outbound_proxy=settings.proxy)
     engine.attach(sip)
     sip.open_udp(settings.dtmf_listen, engine.on_dtmf_datagram)
 

@@ -1,5 +1,6 @@
 """callbackd's settings: one rendered file, validated once at start."""
 
+import ipaddress
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ class Settings:
     routing_file: Path
     sip_listen: Address
     proxy: Address
+    # The SIP edges' addresses: the only sources whose triggers and probes count.
+    trusted_proxies: frozenset[str]
     rtpengine_ng: Address
     dtmf_listen: Address
     pcap_dir: Path
@@ -32,6 +35,23 @@ def _address(key: str, value: Any) -> Address:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise SettingsError(f"{key}: must be IP:PORT, got {value!r}")
     return host.strip("[]"), int(port)
+
+
+def canonical_ip(value: str) -> str:
+    """An IP address in one spelling (``::1`` for ``0:0::1``); ValueError if it is none."""
+    return str(ipaddress.ip_address(value.strip("[]")))
+
+
+def _ip_list(key: str, value: Any) -> frozenset[str]:
+    if not isinstance(value, list) or not value:
+        raise SettingsError(f"{key}: must be a non-empty list of IP addresses, got {value!r}")
+    addresses = set()
+    for index, item in enumerate(value):
+        try:
+            addresses.add(canonical_ip(item))
+        except (AttributeError, ValueError):
+            raise SettingsError(f"{key}[{index}]: must be an IP address, got {item!r}") from None
+    return frozenset(addresses)
 
 
 def load_settings(path: str | Path) -> Settings:
@@ -55,6 +75,7 @@ def load_settings(path: str | Path) -> Settings:
         routing_file=Path(raw["routing_file"]),
         sip_listen=_address("sip_listen", raw["sip_listen"]),
         proxy=_address("proxy", raw["proxy"]),
+        trusted_proxies=_ip_list("trusted_proxies", raw["trusted_proxies"]),
         rtpengine_ng=_address("rtpengine_ng", raw["rtpengine_ng"]),
         dtmf_listen=_address("dtmf_listen", raw["dtmf_listen"]),
         pcap_dir=Path(raw["pcap_dir"]),

@@ -9,7 +9,10 @@
 
   ``source_tag`` is the tag of the party that *sent* the digit. Digits
   injected with ``play DTMF`` are logged too (``source_tag`` = that command's
-  from-tag), so a consumer keeps only the tag it listens to. rtpengine prints
+  from-tag), so a consumer keeps only the tag it listens to. ``source_tag``
+  alone proves little: rtpengine logs with that party's tag whatever reaches
+  the party's port, from anyone; ``source_ip`` is the packet's real source
+  (the port is not in the datagram), so :func:`sent_by` checks both. rtpengine prints
   the call-id unescaped: a call-id with ``"`` or ``\\`` makes the datagram
   invalid JSON, so give rtpengine call-ids without them.
 
@@ -21,6 +24,7 @@ Every parser returns None on anything it does not understand; none raises.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import NamedTuple
 
@@ -30,11 +34,30 @@ DIGITS = frozenset(EVENT_DIGITS)
 
 
 class DtmfEvent(NamedTuple):
-    """One digit from rtpengine's DTMF log (unpacks as a 3-tuple)."""
+    """One digit from rtpengine's DTMF log."""
 
     call_id: str
     source_tag: str
     digit: str
+    source_ip: str | None = None
+
+
+def _same_ip(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_address(a.strip("[]")) == ipaddress.ip_address(b.strip("[]"))
+    except ValueError:
+        return False
+
+
+def sent_by(event: DtmfEvent, tag: str, address: str | None) -> bool:
+    """Whether the digit came from party `tag`'s own media `address` (its SDP's c=).
+
+    A datagram without ``source_ip`` (not what rtpengine 10.5 sends) or a
+    party whose address is unknown never counts.
+    """
+    if event.source_tag != tag or address is None or event.source_ip is None:
+        return False
+    return _same_ip(event.source_ip, address)
 
 
 def event_to_digit(event: object) -> str | None:
@@ -47,7 +70,7 @@ def event_to_digit(event: object) -> str | None:
 
 
 def parse_rtpengine_log(datagram: bytes | str) -> DtmfEvent | None:
-    """A DTMF log datagram → ``DtmfEvent(call_id, source_tag, digit)``.
+    """A DTMF log datagram → ``DtmfEvent(call_id, source_tag, digit, source_ip)``.
 
     None for garbage, non-DTMF ``type``, missing fields or an event that is no
     digit (e.g. 16, flash).
@@ -69,7 +92,8 @@ def parse_rtpengine_log(datagram: bytes | str) -> DtmfEvent | None:
     digit = event_to_digit(data.get("event"))
     if digit is None:
         return None
-    return DtmfEvent(call_id, source_tag, digit)
+    source_ip = data.get("source_ip")
+    return DtmfEvent(call_id, source_tag, digit, source_ip if isinstance(source_ip, str) else None)
 
 
 def _signal_to_digit(value: str) -> str | None:

@@ -10,8 +10,16 @@ Media, as tried here with RTPengine 10.5 (see callbackd.rtpengine): one
 RTPengine call per callback; the PBX side (tag B) offers a placeholder SDP
 and gets the employee-facing port for the INVITE to the employee; the
 employee's answer gives the B-facing port, which is what the client's INVITE
-offers. When the client's RTP arrives there, RTPengine has learnt its address
-and both directions flow: no re-INVITE of the employee.
+offers. Every side is bound to its own SDP's address, never to whoever sends
+first (callbackd.rtpengine.BOUND_MEDIA_FLAGS): when the client answers, its
+SDP replaces the placeholder in a new offer/answer that keeps RTPengine's
+ports, so the employee needs no re-INVITE and nobody else can take the
+client's place.
+
+Trust: triggers come only from the SIP edges (callbackd.sip), carrying the
+edge's decision exactly once; RFC 4733 digits count only in datagrams from
+RTPengine's address and only when RTPengine saw them come from the
+employee's own media address.
 """
 
 import logging
@@ -23,14 +31,15 @@ from pathlib import Path
 
 from callbackd import machine
 from callbackd.cdr import CdrWriter
-from callbackd.config import Settings
-from callbackd.dtmf import parse_rtpengine_log
+from callbackd.config import Settings, canonical_ip
+from callbackd.dtmf import parse_rtpengine_log, sent_by
+from callbackd.loglimit import LogLimiter
 from callbackd.prompts import Prompts
 from callbackd.recording import convert_recording, find_recording
-from callbackd.rtpengine import NgClient, NgError, placeholder_sdp
-from callbackd.sip import Leg, LegHandler, SipEndpoint
+from callbackd.rtpengine import BOUND_MEDIA_FLAGS, NgClient, NgError, placeholder_sdp, sdp_audio_endpoint
+from callbackd.sip import Headers, Leg, LegHandler, SipEndpoint
+from callbackd.trigger import BadTrigger, edge_decision
 from vpbx import decide, model
-from vpbx.numbers import normalize
 from vpbx.routing_file import RoutingFile
 
 log = logging.getLogger(__name__)
@@ -38,10 +47,8 @@ log = logging.getLogger(__name__)
 PBX_TAG = "B"
 EMPLOYEE_TAG = "EMP"
 ACCEPT_HEADER = ("X-Vpbx-Callback", "accepted")
-# The edge tells the engine its decision in E.164 (vpbx_router.py).
-DID_HEADER = "x-vpbx-did"
-EMPLOYEE_HEADER = "x-vpbx-employee"
 NOT_LISTED = (403, "Not A Callback Caller", [])
+NOT_DECIDED = (403, "No Decision Of The Edge", [])
 # How long to wait for RTPengine to close a recording after the call's delete.
 RECORDING_WAIT_S = 5.0
 RECORDING_POLL_S = 0.2
@@ -54,6 +61,13 @@ LEG_RING_MARGIN_S = 5.0
 # RTPengine's own `timeout` (role rtpengine), after which it drops the call.
 MEDIA_TIMEOUT_S = 60.0
 MEDIA_CHECK_S = 15.0
+
+
+def _ip(host: str) -> str:
+    try:
+        return canonical_ip(host)
+    except ValueError:
+        return host
 
 
 class Engine:
@@ -71,6 +85,9 @@ class Engine:
         self.sip: SipEndpoint | None = None
         self.sessions: dict[tuple[str, str], Session] = {}
         self._by_media: dict[str, Session] = {}
+        # RTPengine sends its DTMF log from the host of its ng socket.
+        self._rtpengine_ip = _ip(settings.rtpengine_ng[0])
+        self._dtmf_refusals = LogLimiter()
         self._workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="recording")
         # Prompts, ringback and deletes go to RTPengine in order on one thread of
         # their own: opening a WAV takes RTPengine milliseconds, and with many
@@ -112,12 +129,15 @@ class Engine:
 
     # -- from the SIP edge -----------------------------------------------------
 
-    def on_trigger(self, did_user: str, caller_user: str, headers: dict[str, str]):
+    def on_trigger(self, did_user: str, caller_user: str, headers: Headers):
+        try:
+            did_number, employee = edge_decision(headers)
+        except BadTrigger as exc:
+            log.warning("trigger did=%s caller=%s refused: %s", did_user, caller_user, exc)
+            return NOT_DECIDED
         self.refresh_routing()
         config = self.router.config
-        did_number = headers.get(DID_HEADER) or normalize(did_user, config.default_country)
-        employee = headers.get(EMPLOYEE_HEADER) or normalize(caller_user, config.default_country)
-        did = config.numbers.get(did_number or "")
+        did = config.numbers.get(did_number)
         # The edge decided already; a stale list or a stray INVITE still gets no call-back.
         if did is None or not self.router.is_listed(did, employee):
             log.info("trigger did=%s caller=%s: not a listed caller, refused", did_user, caller_user)
@@ -134,14 +154,25 @@ class Engine:
         session.start()
         return accepted
 
-    def on_dtmf_datagram(self, data: bytes, _source) -> None:
+    def on_dtmf_datagram(self, data: bytes, source: tuple[str, int]) -> None:
+        if _ip(source[0]) != self._rtpengine_ip:
+            self._dtmf_refusals.log(log, logging.WARNING, "DTMF datagram from %s:%s dropped: not RTPengine",
+                                    source[0], source[1])
+            return
         event = parse_rtpengine_log(data)
         if event is None:
             return
         session = self._by_media.get(event.call_id)
-        # Only what the employee types counts; the client's keys are the client's.
-        if session is not None and event.source_tag == EMPLOYEE_TAG:
+        if session is None:
+            return
+        # Only what the employee types counts: the client's keys are the client's,
+        # and what anyone else sends to the employee's port is nobody's.
+        if sent_by(event, EMPLOYEE_TAG, session.employee_media):
             session.feed("on_digit", event.digit)
+        elif event.source_tag == EMPLOYEE_TAG:
+            self._dtmf_refusals.log(log, logging.WARNING, "callback %s: digit from %s ignored: not the "
+                                    "employee's media address %s", session.id, event.source_ip,
+                                    session.employee_media)
 
     def shutdown(self) -> None:
         """End every callback in progress (hang up, CDR), then stop taking work."""
@@ -186,6 +217,9 @@ class Session:
         self.employee_leg: Leg | None = None
         self.client_leg: Leg | None = None
         self.pbx_sdp: str | None = None  # RTPengine's B-facing SDP: what the client is offered
+        self.employee_sdp: str | None = None  # the employee's own, from its 200 OK
+        self.employee_facing: str | None = None  # RTPengine's SDP sent to the employee
+        self.employee_media: str | None = None  # the address the employee's RTP comes from
         self._timers: dict[str, object] = {}
         self._playing = False
 
@@ -247,7 +281,8 @@ class Session:
 
     def call_employee(self, attempt: int, ring_timeout: float) -> None:
         sdp = self.engine.ng.offer(self.media_call_id, PBX_TAG, placeholder_sdp(),
-                                   record=self.did.callback.record)
+                                   record=self.did.callback.record, flags=list(BOUND_MEDIA_FLAGS))
+        self.employee_facing = sdp
         self.employee_leg = self.sip.originate(
             f"{self.id}-employee-{attempt}", self._uri(self.employee), self.did.number, sdp,
             ring_timeout + LEG_RING_MARGIN_S, EmployeeLeg(self))
@@ -352,8 +387,12 @@ class EmployeeLeg(LegHandler):
         if not self._current(leg):
             return
         session = self.session
+        media = sdp_audio_endpoint(sdp)
+        session.employee_sdp = sdp
+        session.employee_media = media.address if media is not None else None
         try:
-            session.pbx_sdp = session.engine.ng.answer(session.media_call_id, PBX_TAG, EMPLOYEE_TAG, sdp)
+            session.pbx_sdp = session.engine.ng.answer(session.media_call_id, PBX_TAG, EMPLOYEE_TAG, sdp,
+                                                       flags=list(BOUND_MEDIA_FLAGS))
         except NgError as exc:
             log.error("callback %s: RTPengine answer: %s", session.id, exc)
             session.feed("abort")
@@ -382,7 +421,24 @@ class ClientLeg(LegHandler):
         self.session.feed("on_client_ringing")
 
     def on_answered(self, leg: Leg, sdp: str) -> None:
-        self.session.feed("on_client_answered")
+        session = self.session
+        try:
+            self._bind_client(sdp)
+        except (NgError, ValueError) as exc:
+            log.error("callback %s: client's media not bound, ending: %s", session.id, exc)
+            session.feed("abort")
+            return
+        session.feed("on_client_answered")
+
+    def _bind_client(self, sdp: str) -> None:
+        """RTPengine's B side from the placeholder to the client's own SDP, the employee's port kept."""
+        session = self.session
+        if sdp_audio_endpoint(sdp) is None:
+            raise ValueError("no audio in the client's SDP")
+        to_employee, _ = session.engine.ng.rebind(session.media_call_id, PBX_TAG, EMPLOYEE_TAG, sdp,
+                                                  session.employee_sdp)
+        if sdp_audio_endpoint(to_employee) != sdp_audio_endpoint(session.employee_facing):
+            raise ValueError(f"RTPengine moved the employee's port to {sdp_audio_endpoint(to_employee)}")
 
     def on_failed(self, leg: Leg, code: int, reason: str) -> None:
         log.info("callback %s: client leg failed %d %s", self.session.id, code, reason)

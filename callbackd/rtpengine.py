@@ -8,9 +8,22 @@ twice: retries here always reuse the cookie of the first attempt.
 The call-back uses one rtpengine call per call-back (one call-id) with two
 monologues (see shared/notes/rtpengine-callback-media.md):
 
-* ``B`` (the PBX side): first a placeholder SDP, later the client, who simply
-  starts sending to the B-facing port (rtpengine learns its address);
+* ``B`` (the PBX side): first a placeholder SDP, later the client's own SDP
+  (:meth:`NgClient.rebind`, once the client answered);
 * ``EMP`` (the employee): the SDP of the employee's 200 OK.
+
+Each side is bound to the address its SDP names, never learnt from traffic
+(:data:`BOUND_MEDIA_FLAGS`, tested with rtpengine 10.5): by default rtpengine
+re-learns a side's address from whoever sends to its port during the first
+seconds after each signalling, and without ``strict source`` forwards
+packets from anyone even after that. So a stranger who sends first to the
+B-facing port would hear the employee, and RFC 4733 events sprayed at the
+employee-facing port would be forwarded and logged with tag ``EMP``. With
+``asymmetric`` (take the SDP's address, learn nothing) plus ``strict source``
+(drop what comes from elsewhere), only the SDP's address:port is heard, from
+the first packet on. The price: a party whose RTP leaves from another
+address or port than its SDP says (a NAT in front of a phone) is not heard;
+the engine's parties are behind the trunk, which does symmetric RTP.
 
 Which tag to name in which command (tested with rtpengine 10.5):
 
@@ -55,6 +68,12 @@ MAX_DATAGRAM = 65535
 PLACEHOLDER_ADDRESS = "127.0.0.1"
 PLACEHOLDER_PORT = 9
 TELEPHONE_EVENT_PT = 101
+
+# Flags of every offer/answer of a call-back: see the module's docstring.
+BOUND_MEDIA_FLAGS = ("asymmetric", "strict source")
+# A later offer/answer of the same call keeps rtpengine's local ports, so the
+# employee, who was given the employee-facing port, needs no re-INVITE.
+REBIND_FLAGS = (*BOUND_MEDIA_FLAGS, "port latching")
 
 
 class NgError(Exception):
@@ -235,6 +254,19 @@ class NgClient:
         """Answer with ``to_tag``'s ``sdp``; returns rtpengine's SDP for ``from_tag``'s side."""
         reply = self.request("answer", call_id=call_id, from_tag=from_tag, to_tag=to_tag, sdp=sdp, **extra)
         return str(reply["sdp"])
+
+    def rebind(self, call_id: str, from_tag: str, to_tag: str, from_sdp: str, to_sdp: str) -> tuple[str, str]:
+        """Tell rtpengine ``from_tag``'s real SDP, after a placeholder, keeping its ports.
+
+        A new offer (``from_sdp``) and answer (``to_sdp``, the SDP ``to_tag``
+        answered with before) with :data:`REBIND_FLAGS`. Returns rtpengine's
+        SDPs of the offer (for ``to_tag``: its port must be the one it had)
+        and of the answer (for ``from_tag``).
+        """
+        flags = list(REBIND_FLAGS)
+        offered = self.offer(call_id, from_tag, from_sdp, flags=flags)
+        answered = self.answer(call_id, from_tag, to_tag, to_sdp, flags=flags)
+        return offered, answered
 
     def play_media(
         self, call_id: str, from_tag: str, file: str, repeat_times: int | None = None

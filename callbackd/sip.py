@@ -3,8 +3,12 @@
 `SipEndpoint` owns sippy's transaction manager bound to one ip:port and does
 three things:
 
+* Requests outside a dialog count only from the SIP edges (``trusted``
+  source addresses): anything else gets **403** and a (rate-limited) log
+  line, so nobody can make the PBX dial by talking to the engine directly.
 * An incoming INVITE is a callback *trigger* relayed by the SIP edge. The
-  endpoint asks `on_trigger(did, caller, headers)` what to answer and replies
+  endpoint asks `on_trigger(did, caller, headers)` what to answer (headers:
+  every value of each, so that a repeated header can be told) and replies
   with that final **non-2xx** response (e.g. 486 Busy Here plus
   ``X-Vpbx-Callback: accepted``): the caller's call is never answered, so
   nobody pays for it. The ACK is absorbed by the transaction layer. When the
@@ -51,7 +55,7 @@ import enum
 import logging
 import string
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from sippy.CCEvents import (
@@ -79,7 +83,9 @@ from sippy.Time.Timeout import Timeout
 from sippy.UA import UA
 from sippy.Udp_server import Udp_server, Udp_server_opts
 
+from callbackd.config import canonical_ip
 from callbackd.dtmf import parse_sip_info
+from callbackd.loglimit import LogLimiter
 
 log = logging.getLogger(__name__)
 # Every SIP message sent and received, at DEBUG (sippy's own message log).
@@ -96,10 +102,13 @@ FALLBACK_CODE = 500
 FALLBACK_REASON = "Server Internal Error"
 # RFC 3261 token characters: what a header name may consist of.
 HEADER_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "-.!%*_+`'~")
+NOT_A_PROXY = (403, "Forbidden")
 
 Address = tuple[str, int]
 ExtraHeaders = Sequence[tuple[str, str]]
-TriggerHandler = Callable[[str, str, dict[str, str]], tuple[int, str, ExtraHeaders]]
+# Lower-case header name -> its values, in the order they came.
+Headers = dict[str, list[str]]
+TriggerHandler = Callable[[str, str, Headers], tuple[int, str, ExtraHeaders]]
 
 
 # Pure helpers
@@ -404,6 +413,7 @@ class SipEndpoint:
         listen: Address,
         on_trigger: TriggerHandler,
         *,
+        trusted: Collection[str],
         outbound_proxy: Address | None = None,
         user_agent: str = USER_AGENT,
     ):
@@ -411,6 +421,8 @@ class SipEndpoint:
         # sippy's reactor is created at import, owned by the importing thread; it is ours.
         ED2.my_ident = self._thread
         self._on_trigger = on_trigger
+        self.trusted = frozenset(canonical_ip(ip) for ip in trusted)
+        self._refusals = LogLimiter()
         self.outbound_proxy = outbound_proxy
         self.user_agent = user_agent
         self._legs: dict[str, Leg] = {}
@@ -543,6 +555,12 @@ class SipEndpoint:
 
     def _answer_request(self, req: Any) -> tuple[Any, None, None]:
         method = req.getMethod()
+        source = req.getSource()
+        if not self._is_trusted(source):
+            what = "trigger" if method == "INVITE" else method
+            self._refusals.log(log, logging.WARNING, "%s from %s:%s refused: not a SIP proxy of this PBX",
+                               what, source[0], source[1])
+            return self._reply(req, *NOT_A_PROXY)
         if req.getHFBody("to").getTag() is not None:
             return self._reply(req, 481, "Call/Transaction Does Not Exist")
         if method == "INVITE":
@@ -552,6 +570,12 @@ class SipEndpoint:
         if method in ("BYE", "INFO", "CANCEL", "PRACK", "UPDATE"):
             return self._reply(req, 481, "Call/Transaction Does Not Exist")
         return self._reply(req, 405, "Method Not Allowed")
+
+    def _is_trusted(self, source: Address) -> bool:
+        try:
+            return canonical_ip(str(source[0])) in self.trusted
+        except ValueError:
+            return False
 
     def _reply(self, req: Any, code: int, reason: str, extra: ExtraHeaders = ()) -> tuple[Any, None, None]:
         resp = req.genResponse(code, reason, server=self.user_agent)
@@ -563,7 +587,7 @@ class SipEndpoint:
         did = req.getRURI().username or ""
         caller = _caller(req)
         headers = _headers(req)
-        call_id = headers.get("call-id", "")
+        call_id = headers.get("call-id", [""])[0]
         try:
             code, reason, extra = self._on_trigger(did, caller, headers)
             code, reason = int(code), str(reason)
@@ -594,9 +618,9 @@ def _caller(req: Any) -> str:
     return req.getHFBody("from").getUrl().username or ""
 
 
-def _headers(req: Any) -> dict[str, str]:
-    """Lower-case header name -> value of its first occurrence."""
-    headers: dict[str, str] = {}
+def _headers(req: Any) -> Headers:
+    """Lower-case header name -> the value of each occurrence, in order."""
+    headers: Headers = {}
     for header in req.headers:
-        headers.setdefault(header.name, str(header.body))
+        headers.setdefault(header.name, []).append(str(header.body))
     return headers

@@ -1,10 +1,12 @@
 """A call-back's media through a real rtpengine: prompt, DTMF, relay, recording.
 
-The story follows shared/notes/rtpengine-callback-media.md: one rtpengine
-call per call-back, side ``B`` (the PBX: placeholder, later the client) offers
-with recording on, the employee (``EMP``) answers, hears a prompt, types a
-digit, the client starts sending to the B-facing port and both hear each
-other; after ``delete`` the pcap becomes a stereo WAV.
+The story follows shared/notes/rtpengine-callback-media.md and what the
+engine does (callbackd.engine): one rtpengine call per call-back, side ``B``
+(the PBX: placeholder, later the client) offers with recording on, the
+employee (``EMP``) answers, hears a prompt, types a digit, the client answers
+and its SDP replaces the placeholder (``rebind``), both hear each other;
+after ``delete`` the pcap becomes a stereo WAV. Every offer/answer carries
+the engine's flags (each side bound to its SDP's address).
 
 The phones are plain UDP sockets on 127.0.0.201 (employee) and 127.0.0.202
 (client) sending RTP generated here. The test starts its own rtpengine (own
@@ -32,7 +34,14 @@ pytest.importorskip("bencodepy", reason="bencode.py (callbackd's ng codec) is no
 
 from callbackd.dtmf import DtmfEvent, parse_rtpengine_log
 from callbackd.recording import convert_recording, find_pcap, find_recording
-from callbackd.rtpengine import NgClient, NgError, NgTimeout, placeholder_sdp, sdp_audio_endpoint
+from callbackd.rtpengine import (
+    BOUND_MEDIA_FLAGS,
+    NgClient,
+    NgError,
+    NgTimeout,
+    placeholder_sdp,
+    sdp_audio_endpoint,
+)
 
 needs_rtpengine = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("rtpengine") or not shutil.which("sox"),
@@ -260,10 +269,11 @@ def callback(rtpengine, prompt_wav, tmp_path_factory):
     media = Media(rtpengine.dtmf_log, employee, client)
     try:
         # Calling the employee: side B offers a placeholder, recording on.
-        sdp_to_employee = ng.offer(CALL_ID, "B", placeholder_sdp(), record=True)
+        flags = list(BOUND_MEDIA_FLAGS)
+        sdp_to_employee = ng.offer(CALL_ID, "B", placeholder_sdp(), record=True, flags=flags)
         employee_facing = sdp_audio_endpoint(sdp_to_employee).port
         # The employee answers.
-        sdp_for_b = ng.answer(CALL_ID, "B", "EMP", employee.sdp())
+        sdp_for_b = ng.answer(CALL_ID, "B", "EMP", employee.sdp(), flags=flags)
         client_facing = sdp_audio_endpoint(sdp_for_b).port
         to_employee_side = (MEDIA_IP, employee_facing)
         to_client_side = (MEDIA_IP, client_facing)
@@ -289,7 +299,9 @@ def callback(rtpengine, prompt_wav, tmp_path_factory):
             media.tick()
         employee.ts = event_ts + 4 * SAMPLES
 
-        # The client answers and both talk for 2 s.
+        # The client answers, its SDP takes the placeholder's place, and both talk for 2 s.
+        to_employee, _ = ng.rebind(CALL_ID, "B", "EMP", client.sdp(), employee.sdp())
+        assert sdp_audio_endpoint(to_employee).port == employee_facing
         for n in range(100):
             employee.send(to_employee_side, employee_voice[n])
             employee.ts += SAMPLES
@@ -343,7 +355,7 @@ def test_employee_hears_the_prompt_from_the_employee_facing_port(callback):
 
 @needs_rtpengine
 def test_employee_digit_arrives_as_one_dtmf_log_event(callback):
-    assert callback.dtmf == [DtmfEvent(CALL_ID, "EMP", "5")], callback.dtmf_datagrams
+    assert callback.dtmf == [DtmfEvent(CALL_ID, "EMP", "5", EMPLOYEE_IP)], callback.dtmf_datagrams
 
 
 @needs_rtpengine

@@ -27,13 +27,16 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
 from sipp import SippRunner, free_udp_port  # noqa: E402
 
+from callbackd.engine import NOT_DECIDED  # noqa: E402
 from callbackd.sip import Leg, LegHandler, SipEndpoint  # noqa: E402
+from callbackd.trigger import BadTrigger, edge_decision  # noqa: E402
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 # Loopback addresses of this suite only (the deployed PBX owns other 127.x).
 ENGINE = ("127.0.0.200", 5060)
 EDGE_IP = "127.0.0.201"  # the SIP edge relaying triggers, probing with OPTIONS
 FAR_END_IP = "127.0.0.202"  # the mobile / client the engine calls
+STRANGER_IP = "127.0.0.203"  # anyone else who knows the engine's address
 # R-URI host of the legs: nobody listens there; INVITEs go to the next hop.
 CARRIER_RURI_HOST = "127.0.0.210:5060"
 DID = "+421233000111"
@@ -41,6 +44,8 @@ MOBILE = "+421905111222"
 SIPP_TIMEOUT = 15.0
 EVENT_WAIT = 10.0
 NO_HEADER = "X-Vpbx-Test: 1"
+DID_HEADER = f"X-Vpbx-Did: {DID}"
+EMPLOYEE_HEADER = f"X-Vpbx-Employee: {MOBILE}"
 OFFER = (
     "v=0\n"
     "o=callbackd 1 1 IN IP4 127.0.0.200\n"
@@ -60,13 +65,15 @@ class Triggers:
     ACCEPTED = (486, "Busy Here", [("X-Vpbx-Callback", "accepted")])
 
     def __init__(self) -> None:
-        self.seen: queue.Queue[tuple[str, str, dict[str, str]]] = queue.Queue()
+        self.seen: queue.Queue[tuple[str, str, dict[str, list[str]]]] = queue.Queue()
         self.answer: Any = self.ACCEPTED
 
-    def __call__(self, did: str, caller: str, headers: dict[str, str]):
+    def __call__(self, did: str, caller: str, headers: dict[str, list[str]]):
         self.seen.put((did, caller, headers))
         if isinstance(self.answer, Exception):
             raise self.answer
+        if callable(self.answer):
+            return self.answer(headers)
         return self.answer
 
     def reset(self) -> None:
@@ -163,7 +170,7 @@ def engine() -> Iterator[Engine]:
 
     def serve() -> None:
         try:
-            endpoint = SipEndpoint(ENGINE, triggers)
+            endpoint = SipEndpoint(ENGINE, triggers, trusted=[EDGE_IP])
         except BaseException as exc:
             started.put(exc)
             return
@@ -226,35 +233,84 @@ def engine_address() -> str:
     return f"{ENGINE[0]}:{ENGINE[1]}"
 
 
+def send_trigger(sipp: SippRunner, source_ip: str = EDGE_IP, **keys: str):
+    """A trigger as the edge sends it (its decision once), from source_ip; keys replace lines."""
+    lines = {"did": DID, "caller": MOBILE, "did_header": DID_HEADER, "employee_header": EMPLOYEE_HEADER,
+             "header": NO_HEADER}
+    return sipp.run_uac(SCENARIOS / "trigger_uac.xml", source_ip, engine_address(), {**lines, **keys})
+
+
+def decide_like_the_engine(headers: dict[str, list[str]]):
+    """The engine's answer as far as the edge's decision goes."""
+    try:
+        edge_decision(headers)
+    except BadTrigger:
+        return NOT_DECIDED
+    return Triggers.ACCEPTED
+
+
 # Triggers and probes
 
 
 def test_trigger_is_refused_with_the_configured_code_and_header(engine, triggers, sipp):
-    run = sipp.run_uac(
-        SCENARIOS / "trigger_uac.xml",
-        EDGE_IP,
-        engine_address(),
-        {"did": DID, "caller": MOBILE, "header": NO_HEADER},
-    )
+    run = send_trigger(sipp)
 
     did, caller, headers = triggers.seen.get(timeout=EVENT_WAIT)
     assert (did, caller) == (DID, MOBILE)
-    assert headers["call-id"]
+    assert headers["call-id"][0]
+    assert (headers["x-vpbx-did"], headers["x-vpbx-employee"]) == ([DID], [MOBILE])
     assert run.log_lines() == ["final 486 x-vpbx-callback=accepted"]
+
+
+def test_trigger_from_a_stranger_gets_403_and_never_reaches_the_engine(engine, triggers, sipp, caplog):
+    with caplog.at_level(logging.WARNING, logger="callbackd.sip"):
+        stranger = send_trigger(sipp, STRANGER_IP)
+        edge = send_trigger(sipp, EDGE_IP)
+
+    assert stranger.log_lines() == ["final 403 x-vpbx-callback="]
+    assert edge.log_lines() == ["final 486 x-vpbx-callback=accepted"]
+    # Only the edge's trigger was handed to the engine.
+    assert EDGE_IP in triggers.seen.get(timeout=EVENT_WAIT)[2]["via"][0]
+    assert triggers.seen.empty()
+    assert any(f"trigger from {STRANGER_IP}:" in r.getMessage()
+               and r.getMessage().endswith("refused: not a SIP proxy of this PBX") for r in caplog.records)
+
+
+def test_repeated_decision_headers_reach_the_engine_as_they_came(engine, triggers, sipp):
+    send_trigger(sipp, header="X-Vpbx-Did: +421233000999")
+
+    _did, _caller, headers = triggers.seen.get(timeout=EVENT_WAIT)
+    assert headers["x-vpbx-did"] == [DID, "+421233000999"]
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        {"header": "X-Vpbx-Did: +421233000999"},
+        {"header": "x-vpbx-employee: +421905999999"},
+        {"did_header": NO_HEADER},
+        {"employee_header": NO_HEADER},
+    ],
+    ids=["did-twice", "employee-twice", "no-did", "no-employee"],
+)
+def test_trigger_without_the_edges_decision_once_gets_403_without_the_accept_header(
+    engine, triggers, sipp, lines
+):
+    triggers.answer = decide_like_the_engine
+    smuggled = send_trigger(sipp, **lines)
+    legitimate = send_trigger(sipp)
+
+    assert smuggled.log_lines() == ["final 403 x-vpbx-callback="]
+    assert legitimate.log_lines() == ["final 486 x-vpbx-callback=accepted"]
 
 
 def test_trigger_caller_comes_from_p_asserted_identity(engine, triggers, sipp):
     header = f"P-Asserted-Identity: <sip:{MOBILE}@{EDGE_IP}>"
-    sipp.run_uac(
-        SCENARIOS / "trigger_uac.xml",
-        EDGE_IP,
-        engine_address(),
-        {"did": DID, "caller": "anonymous", "header": header},
-    )
+    send_trigger(sipp, caller="anonymous", header=header)
 
     did, caller, headers = triggers.seen.get(timeout=EVENT_WAIT)
     assert (did, caller) == (DID, MOBILE)
-    assert MOBILE in headers["p-asserted-identity"]
+    assert MOBILE in headers["p-asserted-identity"][0]
 
 
 @pytest.mark.parametrize(
@@ -269,18 +325,17 @@ def test_trigger_caller_comes_from_p_asserted_identity(engine, triggers, sipp):
 )
 def test_trigger_is_refused_with_500_when_the_handler_would_answer_or_fails(engine, triggers, sipp, answer):
     triggers.answer = answer
-    run = sipp.run_uac(
-        SCENARIOS / "trigger_uac.xml",
-        EDGE_IP,
-        engine_address(),
-        {"did": DID, "caller": MOBILE, "header": NO_HEADER},
-    )
+    run = send_trigger(sipp)
 
     assert run.log_lines() == ["final 500 x-vpbx-callback="]
 
 
-def test_options_probe_gets_200(engine, sipp):
-    sipp.run_uac(SCENARIOS / "options_uac.xml", EDGE_IP, engine_address(), {})
+def test_options_probe_gets_200_from_the_edge_and_403_from_a_stranger(engine, sipp):
+    stranger = sipp.run_uac(SCENARIOS / "options_uac.xml", STRANGER_IP, engine_address(), {})
+    edge = sipp.run_uac(SCENARIOS / "options_uac.xml", EDGE_IP, engine_address(), {})
+
+    assert stranger.log_lines() == ["final 403"]
+    assert edge.log_lines() == ["final 200"]
 
 
 # Legs the engine originates

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from callbackd.dtmf import DtmfEvent, event_to_digit, parse_rtpengine_log, parse_sip_info
+from callbackd.dtmf import DtmfEvent, event_to_digit, parse_rtpengine_log, parse_sip_info, sent_by
 
 # A datagram exactly as rtpengine 10.5 sent it (integration test, this machine).
 RTPENGINE_DATAGRAM = (
@@ -19,13 +19,40 @@ def log_datagram(**fields):
     return json.dumps({k: v for k, v in data.items() if v is not None}).encode()
 
 
-def test_rtpengine_datagram_gives_call_tag_and_digit():
-    assert parse_rtpengine_log(RTPENGINE_DATAGRAM) == DtmfEvent("cb-2", "EMP", "5")
+def test_rtpengine_datagram_gives_call_tag_digit_and_source():
+    assert parse_rtpengine_log(RTPENGINE_DATAGRAM) == DtmfEvent("cb-2", "EMP", "5", "127.0.0.201")
 
 
 def test_event_unpacks_as_a_tuple():
-    call_id, source_tag, digit = parse_rtpengine_log(RTPENGINE_DATAGRAM)
-    assert (call_id, source_tag, digit) == ("cb-2", "EMP", "5")
+    call_id, source_tag, digit, source_ip = parse_rtpengine_log(RTPENGINE_DATAGRAM)
+    assert (call_id, source_tag, digit, source_ip) == ("cb-2", "EMP", "5", "127.0.0.201")
+
+
+def test_datagram_without_source_ip_has_none():
+    assert parse_rtpengine_log(log_datagram()).source_ip is None
+    assert parse_rtpengine_log(log_datagram(source_ip=5)).source_ip is None
+
+
+def test_digit_counts_when_sent_by_the_party_from_its_own_address():
+    assert sent_by(parse_rtpengine_log(RTPENGINE_DATAGRAM), "EMP", "127.0.0.201")
+
+
+def test_digit_from_another_address_at_the_partys_port_does_not_count():
+    assert not sent_by(parse_rtpengine_log(RTPENGINE_DATAGRAM), "EMP", "127.0.0.203")
+
+
+def test_digit_of_the_other_party_does_not_count():
+    assert not sent_by(DtmfEvent("cb", "B", "5", "127.0.0.201"), "EMP", "127.0.0.201")
+
+
+@pytest.mark.parametrize(("source_ip", "address"), [(None, "127.0.0.201"), ("127.0.0.201", None),
+                                                    ("garbage", "garbage")])
+def test_digit_from_an_unknown_address_does_not_count(source_ip, address):
+    assert not sent_by(DtmfEvent("cb", "EMP", "5", source_ip), "EMP", address)
+
+
+def test_ipv6_addresses_compare_in_any_spelling():
+    assert sent_by(DtmfEvent("cb", "EMP", "5", "2001:db8::1"), "EMP", "2001:DB8:0::1")
 
 
 @pytest.mark.parametrize(
