@@ -14,10 +14,20 @@ Rules of the road:
   in every worker, without a restart and without app_python's reload, which
   runs the workers' reloads one at a time and lets a worker that finds the
   reload lock taken decide with the old script meanwhile.
-  `kamcmd app_python.reload` (re-runs `mod_init()`) is for new code.
+  `kamcmd app_python.reload` (re-runs `mod_init()`) is for new code, and for
+  a new `edge.json` (the edge's own protections, rendered from role variables).
+- Who may make the PBX dial (shared/DESIGN.md, "Trust"): a flooding or
+  scanning source is banned and then dropped without a reply; in-dialog
+  requests are relayed only for dialogs this edge set up (dialog module);
+  contacts are bound to the address a phone registered from; our X-Vpbx-*
+  headers and, from anyone but a trunk or an engine, asserted identities
+  are removed before anything reads them.
 """
 
 import importlib
+import json
+import re
+import secrets
 import site
 import sys
 import time
@@ -28,6 +38,7 @@ import KSR
 
 HERE = Path(__file__).resolve().parent
 ROUTING_FILE = HERE / "routing.json"
+EDGE_FILE = HERE / "edge.json"
 PYTHONPATH_FILE = HERE / "pythonpath"
 
 STOP = -255
@@ -47,6 +58,8 @@ AVP_DID = "$avp(vpbx_did)"
 AVP_STEP = "$avp(vpbx_step)"
 AVP_TRIGGER = "$avp(vpbx_trigger)"
 AVP_CALLER = "$avp(vpbx_caller)"
+# Set while a scheme's forward step relays: the one branch meant for a trunk.
+AVP_OUT = "$avp(vpbx_out)"
 
 # Callback engines: dispatcher set, probed with OPTIONS. The engine marks a
 # trigger it took with this header; anything else (timeout, 5xx) means the
@@ -60,9 +73,23 @@ TRIGGER_CALLER_HEADER = "X-Vpbx-Employee"
 # Record-Route parameter of dialogs an engine placed: their media is the engine's.
 ENGINE_DIALOG = "vpbx=engine"
 REGSRC_TABLE = "vpbx_regsrc"
-# pv_auth_check results worth a fresh challenge: nonce expired, no credentials.
-AUTH_RECHALLENGE = (-4, -5)
+# Banned sources (autoexpire = the ban time) and failed authentications per
+# source (autoexpire = the window they are counted in): kamailio.cfg.
+BAN_TABLE = "vpbx_ban"
+AUTH_FAIL_TABLE = "vpbx_authfail"
+# pv_auth_check results that are no failed attempt (stale nonce, no
+# credentials, a nonce count replayed): a fresh challenge, not counted.
+AUTH_RECHALLENGE = (-4, -5, -6)
+# auth_challenge flags: offer qop=auth (the nonce count is then checked).
+CHALLENGE_QOP = 1
+# Our own headers: whatever arrives under these names was forged.
+OWN_HEADERS_RE = "^[Xx]-[Vv][Pp][Bb][Xx]-"
+# Identities only a trunk (the carrier) or an engine (the DID it presents) asserts.
+ASSERTED_IDENTITY_HEADERS = ("P-Asserted-Identity", "P-Preferred-Identity", "Remote-Party-ID")
 LOCATION = "location"
+# What an unknown extension's credentials are checked against: a secret of
+# this process, so no digest matches it.
+NO_PASSWORD = secrets.token_hex(32)
 LOG_PREFIX = "vpbx: "
 # The vpbx package in the order its modules import one another.
 VPBX_MODULES = ("vpbx.numbers", "vpbx.model", "vpbx.routing_file", "vpbx.policy", "vpbx.decide")
@@ -108,7 +135,8 @@ def mod_init():
         _use_runtime()
         decide, model, routing_file = _fresh_vpbx()
         routing = routing_file.RoutingFile(ROUTING_FILE)
-        state.router = VpbxRouter(decide, model, routing, timed(routing.load, decide))
+        edge = EdgeSettings.load(EDGE_FILE)
+        state.router = VpbxRouter(decide, model, routing, timed(routing.load, decide), edge)
     except Exception as exc:
         # A router that cannot load must not take Kamailio down with it.
         previous = getattr(state, "router", None)
@@ -116,6 +144,23 @@ def mod_init():
                 f"{'keeping the previous routing' if previous else 'answering 503'}\n")
         return previous or Unavailable()
     return state.router
+
+
+class EdgeSettings:
+    """The edge's protections from edge.json: who is never banned, what bans."""
+
+    def __init__(self, trusted_sources=(), engines=(), auth_failures=5, scanner_user_agents=()):
+        import netaddr  # from the runtime virtualenv, on sys.path only after _use_runtime()
+
+        self.trusted = netaddr.IPSet(trusted_sources)
+        self.engine_hosts = frozenset(e.rpartition(":")[0].strip("[]") for e in engines)
+        self.auth_failures = int(auth_failures)
+        self.scanner = (re.compile("|".join(f"(?:{p})" for p in scanner_user_agents), re.IGNORECASE)
+                        if scanner_user_agents else None)
+
+    @classmethod
+    def load(cls, path):
+        return cls(**json.loads(Path(path).read_text()))
 
 
 class Unavailable:
@@ -144,16 +189,27 @@ class Unavailable:
 
 
 class VpbxRouter:
-    def __init__(self, decide, model, routing, router):
+    def __init__(self, decide, model, routing, router, edge):
+        import netaddr
+
+        self._ipset = netaddr.IPSet
         self.decide = decide
         self.model = model
         self.routing = routing
+        self.edge = edge
         self.use(router)
 
     def use(self, router):
         self.router = router
         self.config = router.config
         self.realm = router.config.sip_listen.host
+        trunks = [cidr for t in self.config.trunks for cidr in t.inbound_sources]
+        # Never banned: the carrier's sources and what the admin trusts.
+        self.never_banned = self._ipset(trunks) | self.edge.trusted
+        # Where no phone may be: calls ringing it would leave through a trunk,
+        # reach an engine as a trigger, or loop through the PBX itself.
+        self.not_a_phone = (self._ipset(trunks) | self._ipset(t.address.host for t in self.config.trunks)
+                            | self._ipset([*self.edge.engine_hosts, self.config.sip_listen.host]))
 
     def child_init(self, rank):
         return 0
@@ -173,7 +229,10 @@ class VpbxRouter:
 
     def ksr_request_route(self, msg):
         self.refresh_routing()
-        # Sanity, loops, scanners.
+        # Banned, flooding or scanning sources get nothing, not even a reply.
+        if self.ksr_route_shield() == STOP:
+            return 1
+        # Sanity, loops, retransmissions.
         if self.ksr_route_reqinit() == STOP:
             return 1
         # CANCEL goes where its INVITE went, or nowhere.
@@ -185,6 +244,8 @@ class VpbxRouter:
         if self.ksr_route_withindlg() == STOP:
             return 1
         KSR.tm.t_check_trans()
+        # Our headers are ours alone, whoever sent them.
+        KSR.textops.remove_hf_re(OWN_HEADERS_RE)
         # Phones register with digest authentication.
         if KSR.is_REGISTER():
             self.ksr_route_registrar()
@@ -202,6 +263,42 @@ class VpbxRouter:
         # The decision, then the action.
         self.ksr_route_decide(origin)
         return 1
+
+    def ksr_route_shield(self):
+        source = KSR.pv.get("$si")
+        if KSR.htable.sht_get(BAN_TABLE, source) is not None:
+            return STOP
+        if self.trusted(source):
+            return GO_ON
+        if KSR.pike.pike_check_req() < 0:
+            self.ban(source, "flooding")
+            return STOP
+        user_agent = KSR.pv.get("$ua")
+        if self.edge.scanner is not None and user_agent and self.edge.scanner.search(user_agent):
+            self.ban(source, f"scanner (User-Agent {user_agent!r})")
+            return STOP
+        return GO_ON
+
+    def trusted(self, source):
+        """Trunks, engines and the admin's trusted sources are never banned."""
+        return source in self.never_banned or KSR.dispatcher.ds_is_from_list(ENGINE_SET) > 0
+
+    def ban(self, source, why):
+        KSR.htable.sht_seti(BAN_TABLE, source, 1)
+        KSR.notice(f"{LOG_PREFIX}ban: {source} banned ({why}), its requests are dropped\n")
+
+    def auth_failed(self, source, user, rc):
+        """Credentials that do not verify: counted per source; too many in the window ban it."""
+        if KSR.htable.sht_get(AUTH_FAIL_TABLE, source) is None:
+            KSR.htable.sht_seti(AUTH_FAIL_TABLE, source, 1)
+            failures = 1
+        else:
+            failures = KSR.htable.sht_inc(AUTH_FAIL_TABLE, source)
+        KSR.info(f"{LOG_PREFIX}authentication of {user} from {source} failed "
+                 f"(auth {rc}, {failures} in a row)\n")
+        if failures >= self.edge.auth_failures:
+            KSR.htable.sht_rm(AUTH_FAIL_TABLE, source)
+            self.ban(source, f"{failures} failed authentications")
 
     def ksr_route_reqinit(self):
         if KSR.maxfwd.process_maxfwd(10) < 0:
@@ -222,6 +319,17 @@ class VpbxRouter:
     def ksr_route_withindlg(self):
         if KSR.siputils.has_totag() < 0:
             return GO_ON
+        # Only dialogs this edge set up: a forged To-tag and Route must not
+        # make the PBX relay a stranger's INVITE to the trunk.
+        if KSR.dialog.is_known_dlg() < 0:
+            if KSR.is_ACK():
+                # The ACK of a negative reply belongs to its transaction.
+                KSR.tm.t_check_trans()
+                return STOP
+            KSR.info(f"{LOG_PREFIX}in-dialog {KSR.pv.get('$rm')} from {KSR.pv.get('$si')} "
+                     f"for no dialog of ours refused\n")
+            KSR.sl.sl_send_reply(481, "Call/Transaction Does Not Exist")
+            return STOP
         if KSR.rr.loose_route() > 0:
             engine_dialog = KSR.rr.check_route_param(ENGINE_DIALOG) > 0
             if KSR.is_BYE() and not engine_dialog:
@@ -236,23 +344,31 @@ class VpbxRouter:
         return STOP
 
     def ksr_route_registrar(self):
+        source = KSR.pv.get("$si")
         user = KSR.pv.get("$au")
-        password = self.config.extensions.get(user) if user else None
-        if password is None:
-            if user:
-                KSR.info(f"{LOG_PREFIX}REGISTER for unknown extension {user} from {KSR.pv.get('$si')}\n")
-                KSR.sl.sl_send_reply(403, "Forbidden")
-                return STOP
-            KSR.auth.auth_challenge(self.realm, 0)
+        if not user:
+            KSR.auth.auth_challenge(self.realm, CHALLENGE_QOP)
             return STOP
+        # An unknown extension is checked against a password nobody has, so it
+        # answers exactly as a wrong password does: no extension enumeration.
+        password = self.config.extensions.get(user, NO_PASSWORD)
         rc = KSR.auth.pv_auth_check(self.realm, password, 0, 1)
-        if rc < 0:
-            if rc in AUTH_RECHALLENGE:
-                KSR.auth.auth_challenge(self.realm, 0)
-            else:
-                KSR.sl.sl_send_reply(403, "Forbidden")
+        if rc < 0 or user not in self.config.extensions:
+            # Every refusal is a new challenge, never a 403: a phone whose
+            # nonce went stale (or predates a restart) just answers it again.
+            if rc not in AUTH_RECHALLENGE:
+                self.auth_failed(source, user, rc)
+            KSR.auth.auth_challenge(self.realm, CHALLENGE_QOP)
             return STOP
         KSR.auth.consume_credentials()
+        contact_host = KSR.pv.get("$(ct{nameaddr.uri}{uri.host})")
+        if contact_host and self.is_not_a_phone(contact_host.strip("[]")):
+            KSR.notice(f"{LOG_PREFIX}REGISTER of {user} from {source} with Contact at {contact_host} "
+                       f"refused: a trunk, an engine or the PBX itself is not a phone\n")
+            KSR.sl.sl_send_reply(403, "Contact Not Allowed")
+            return STOP
+        # Bound to where the phone really is: calls to it go to this source.
+        KSR.nathelper.fix_nated_register()
         if KSR.registrar.save(LOCATION, 0) < 0:
             KSR.sl.sl_reply_error()
             return STOP
@@ -271,15 +387,29 @@ class VpbxRouter:
             # Only addresses that registered are worth a challenge.
             if KSR.htable.sht_get(REGSRC_TABLE, source) is None:
                 return self.decide.FromStranger()
-            KSR.auth.auth_challenge(self.realm, 0)
+            KSR.auth.auth_challenge(self.realm, CHALLENGE_QOP)
             return None
-        password = self.config.extensions.get(user)
-        if password is None or KSR.auth.pv_auth_check(self.realm, password, 0, 1) < 0:
+        rc = KSR.auth.pv_auth_check(self.realm, self.config.extensions.get(user, NO_PASSWORD), 0, 1)
+        if rc in AUTH_RECHALLENGE:
+            KSR.auth.auth_challenge(self.realm, CHALLENGE_QOP)
+            return None
+        if rc < 0 or user not in self.config.extensions:
+            self.auth_failed(source, user, rc)
             return self.decide.FromStranger()
         KSR.auth.consume_credentials()
         return self.decide.FromExtension(user)
 
+    def is_not_a_phone(self, host):
+        try:
+            return host in self.not_a_phone
+        except Exception:
+            # A name, not an address: nothing resolves it, the call goes to the source.
+            return False
+
     def ksr_route_decide(self, origin):
+        if not isinstance(origin, (self.decide.FromTrunk, self.decide.FromEngine)):
+            for name in ASSERTED_IDENTITY_HEADERS:
+                KSR.hdr.remove(name)
         # The carrier asserts the caller in P-Asserted-Identity, or else in From.
         caller = KSR.pv.get("$fU")
         if isinstance(origin, self.decide.FromTrunk) and KSR.hdr.is_present("P-Asserted-Identity") > 0:
@@ -291,7 +421,10 @@ class VpbxRouter:
         d = self.decide
         if isinstance(action, d.Reject):
             KSR.sl.sl_send_reply(action.code, action.reason)
-        elif isinstance(action, d.TriggerCallback):
+            return
+        # Every call the edge relays is a dialog it knows: only those take in-dialog requests.
+        KSR.dialog.dlg_manage()
+        if isinstance(action, d.TriggerCallback):
             self.ksr_route_callback(action)
         elif isinstance(action, d.CallOut):
             self.ksr_route_call_out(action)
@@ -342,20 +475,27 @@ class VpbxRouter:
         if not self.lookup_extensions((extension,)):
             KSR.tm.t_reply(480, "Temporarily Unavailable")
             return
+        # Its failure (busy, no answer) ends the media session too.
+        KSR.tm.t_on_failure(FAILURE_ROUTE)
         self.ksr_route_relay()
 
     # -- routing scheme ------------------------------------------------------
 
-    def ksr_route_scheme_step(self, did, index):
-        """Try the DID's steps from `index` until one is relayed or ends the call."""
+    def ksr_route_scheme_step(self, did, index, offered=False):
+        """Try the DID's steps from `index` until one is relayed or ends the call.
+
+        `offered`: an earlier step's branch offered media to RTPengine (in a
+        failure route), so a call that ends here deletes that session.
+        """
         steps = self.router.config.routing_schemes[self.config.numbers[did].routing]
         while index < len(steps):
             step = steps[index]
             KSR.pv.seti(AVP_STEP, index)
             if isinstance(step, self.model.RejectStep):
-                KSR.tm.t_reply(step.code, "Rejected By Routing")
+                self.end_call(step.code, "Rejected By Routing", offered)
                 return
             if isinstance(step, self.model.RingStep):
+                KSR.pv.unset(AVP_OUT)
                 if self.lookup_extensions(step.extensions):
                     ms = step.timeout * 1000
                     KSR.tm.t_set_fr(ms, ms)
@@ -368,11 +508,17 @@ class VpbxRouter:
                 KSR.resetdsturi()
                 KSR.tm.t_reset_fr()
                 KSR.seturi(f"sip:{step.number}@{trunk.address}")
+                KSR.pv.seti(AVP_OUT, 1)
                 KSR.tm.t_on_failure(FAILURE_ROUTE)
                 self.ksr_route_relay()
                 return
             index += 1
-        KSR.tm.t_reply(480, "Temporarily Unavailable")
+        self.end_call(480, "Temporarily Unavailable", offered)
+
+    def end_call(self, code, reason, offered):
+        if offered:
+            KSR.rtpengine.rtpengine_delete0()
+        KSR.tm.t_reply(code, reason)
 
     def lookup_extensions(self, extensions):
         """Put every registered contact of `extensions` in the destination set."""
@@ -398,6 +544,16 @@ class VpbxRouter:
     # -- event routes ----------------------------------------------------------
 
     def ksr_branch_manage(self, msg):
+        self.refresh_routing()
+        # However an extension's binding came to be, a branch to a trunk, an
+        # engine or the PBX itself never leaves: extensions do not dial out.
+        if KSR.pv.get(AVP_OUT) is None:
+            host = KSR.pv.get("$dd") if KSR.pv.get("$du") else KSR.pv.get("$rd")
+            if host and self.is_not_a_phone(host.strip("[]")):
+                KSR.notice(f"{LOG_PREFIX}branch to {KSR.pv.get('$du') or KSR.pv.get('$ru')} "
+                           f"dropped: not a phone\n")
+                KSR.drop()
+                return 1
         return self.manage_media()
 
     def ksr_branch_trigger(self, msg):
@@ -408,6 +564,7 @@ class VpbxRouter:
         return 1
 
     def ksr_onreply_manage(self, msg):
+        self.refresh_routing()
         return self.manage_media()
 
     def manage_media(self):
@@ -417,6 +574,8 @@ class VpbxRouter:
         return 1
 
     def ksr_failure_manage(self, msg):
+        # The timer process runs this too: it must see a replaced routing as well.
+        self.refresh_routing()
         if KSR.tm.t_is_canceled() > 0:
             KSR.rtpengine.rtpengine_delete0()
             return 1
@@ -442,7 +601,7 @@ class VpbxRouter:
         if int(step) + 1 >= len(steps):
             KSR.rtpengine.rtpengine_delete0()
             return 1
-        self.ksr_route_scheme_step(did, int(step) + 1)
+        self.ksr_route_scheme_step(did, int(step) + 1, offered=True)
         return 1
 
 

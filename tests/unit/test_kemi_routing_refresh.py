@@ -76,7 +76,8 @@ def callback_did_and_list(variables: dict) -> tuple[str, dict]:
 def worker(script):
     """A worker's router as mod_init builds it, over the routing.json in place."""
     routing = RoutingFile(script.ROUTING_FILE)
-    return script.VpbxRouter(decide, model, routing, script.timed(routing.load, decide))
+    return script.VpbxRouter(decide, model, routing, script.timed(routing.load, decide),
+                             script.EdgeSettings(engines=["127.0.0.1:5070"]))
 
 
 def newcomer_is_listed(router, did: str) -> bool:
@@ -138,3 +139,33 @@ def test_a_missing_file_keeps_the_routing_in_use(script):
     script.ROUTING_FILE.unlink()
     router.refresh_routing()
     assert router.router is before
+
+
+@pytest.mark.parametrize("handler", ["ksr_failure_manage", "ksr_branch_manage", "ksr_onreply_manage"])
+def test_every_event_route_looks_for_a_replaced_routing_file_first(script, handler):
+    # A failure route may run in the timer process, which takes no requests:
+    # it must not act on a scheme older than the file in place.
+    render(script.ROUTING_FILE, lab_variables())
+    router = worker(script)
+    seen = []
+    router.refresh_routing = lambda: seen.append(handler)
+    with pytest.raises(AttributeError):  # the stand-in KSR has nothing more to offer
+        getattr(router, handler)(None)
+    assert seen == [handler]
+
+
+def test_trunks_engines_and_the_pbx_are_not_phones_and_trunks_are_never_banned(script):
+    render(script.ROUTING_FILE, lab_variables())
+    router = worker(script)
+    trunk = lab_variables()["vpbx_trunks"][0]["address"].rpartition(":")[0]
+    for host in (trunk, "127.0.0.1"):
+        assert router.is_not_a_phone(host)
+    assert not router.is_not_a_phone("127.0.0.10")
+    assert not router.is_not_a_phone("phone.example")
+    assert trunk in router.never_banned and "127.0.0.66" not in router.never_banned
+
+
+def test_scanner_user_agents_match_in_any_case(script):
+    edge = script.EdgeSettings(scanner_user_agents=["friendly-scanner", "sipvicious"])
+    assert edge.scanner.search("SIPVicious 0.3.4") and edge.scanner.search("friendly-scanner")
+    assert not edge.scanner.search("Linphone/5.2") and script.EdgeSettings().scanner is None
