@@ -1,7 +1,6 @@
 """The engine's SIP side, on the sippy stack: triggers in, call legs out.
 
-`SipEndpoint` owns sippy's transaction manager bound to one ip:port and does
-three things:
+`SipEndpoint` owns sippy's transaction manager bound to one ip:port:
 
 * Requests outside a dialog count only from the SIP edges (``trusted``
   source addresses): anything else gets **403** and a (rate-limited) log
