@@ -21,7 +21,7 @@ from vpbx import model
 # How long to wait for the answer to one request: generous, a busy machine
 # answers late; an answer that never comes is what some tests want to see.
 ANSWER_WAIT_S = 3.0
-CHALLENGE = re.compile(r"^WWW-Authenticate:\s*Digest\s+(.*)$", re.IGNORECASE | re.MULTILINE)
+CHALLENGE = re.compile(r"^(?:WWW|Proxy)-Authenticate:\s*Digest\s+(.*)$", re.IGNORECASE | re.MULTILINE)
 PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^,\s]+))')
 
 
@@ -36,7 +36,7 @@ def _md5(text: str) -> str:
 
 
 def digest_authorization(challenge: str, method: str, uri: str, user: str, password: str,
-                         nc: int = 1) -> str:
+                         nc: int = 1, header: str = "Authorization") -> str:
     """The Authorization header answering a WWW-Authenticate challenge (qop=auth when offered)."""
     params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
               for m in PARAM.finditer(challenge)}
@@ -54,7 +54,7 @@ def digest_authorization(challenge: str, method: str, uri: str, user: str, passw
         response = _md5(f"{ha1}:{nonce}:{ha2}")
     if "opaque" in params:
         fields.append(f'opaque="{params["opaque"]}"')
-    return "Authorization: Digest " + ", ".join([*fields, f'response="{response}"'])
+    return f"{header}: Digest " + ", ".join([*fields, f'response="{response}"'])
 
 
 class RawSip:
@@ -74,12 +74,14 @@ class RawSip:
         self.sock.close()
 
     def request(self, method: str, ruri: str, *, call_id: str | None = None, cseq: int = 1,
-                aor: str | None = None, to_tag: str | None = None, contact: str | None = None,
+                aor: str | None = None, from_uri: str | None = None, to_tag: str | None = None,
+                contact: str | None = None,
                 extra: list[str] | None = None, body: str = "") -> str:
         """A request from this socket; the Call-ID is new unless given.
 
         `aor`: From and To (a REGISTER's address of record), else From is
-        ours and To the R-URI. `contact`: the Contact URI, else our address.
+        `from_uri` or ours and To the R-URI. `contact`: the Contact URI, else
+        our address.
         """
         call_id = call_id or uuid.uuid4().hex
         here = f"{self.ip}:{self.port}"
@@ -87,7 +89,7 @@ class RawSip:
         lines = [
             f"{method} {ruri} SIP/2.0",
             f"Via: SIP/2.0/UDP {here};branch=z9hG4bK{uuid.uuid4().hex[:20]};rport",
-            f"From: <{aor or f'sip:attacker@{self.ip}'}>;tag={call_id[:10]}",
+            f"From: <{aor or from_uri or f'sip:attacker@{self.ip}'}>;tag={call_id[:10]}",
             f"To: {to}",
             f"Call-ID: {call_id}",
             f"CSeq: {cseq} {method}",
@@ -134,6 +136,43 @@ class RawSip:
         auth = digest_authorization(CHALLENGE.search(answer).group(1), "REGISTER", ruri, user, password)
         answer = self.ask(self.request("REGISTER", ruri, cseq=2, extra=[expiry, auth], **binding))
         return None if answer is None else status_code(answer)
+
+
+SDP_OFFER = ("v=0\r\no=raw 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n"
+             "m=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n")
+
+
+def call_as_extension(sip: RawSip, user: str, password: str, callee: str,
+                      media_port: int = 40998) -> int | None:
+    """An extension's INVITE to `callee` answering the proxy's challenge; the final code (ACKed)."""
+    call_id = uuid.uuid4().hex
+    ruri = f"sip:{callee}@{sip.pbx}"
+    aor = f"sip:{user}@{sip.pbx.host}"
+    body = SDP_OFFER.format(ip=sip.ip, port=media_port)
+    sdp = ["Content-Type: application/sdp"]
+    answer = sip.ask(sip.request("INVITE", ruri, call_id=call_id, from_uri=aor, extra=sdp, body=body))
+    if answer is None or status_code(answer) not in (401, 407):
+        return None if answer is None else status_code(answer)
+    _ack(sip, answer, ruri)
+    header = "Proxy-Authorization" if status_code(answer) == 407 else "Authorization"
+    auth = digest_authorization(CHALLENGE.search(answer).group(1), "INVITE", ruri, user, password,
+                                header=header)
+    answer = sip.ask(sip.request("INVITE", ruri, call_id=call_id, cseq=2, from_uri=aor,
+                                 extra=[*sdp, auth], body=body))
+    if answer is not None:
+        _ack(sip, answer, ruri)
+    return None if answer is None else status_code(answer)
+
+
+def _ack(sip: RawSip, answer: str, ruri: str) -> None:
+    """The ACK of a negative final answer: same Via branch, From, Call-ID and CSeq number, their To."""
+    header = {name.lower(): value for name, value in
+              (line.split(":", 1) for line in answer.split("\r\n")[1:] if ":" in line)}
+    cseq = header["cseq"].split()[0]
+    sip.send("\r\n".join([
+        f"ACK {ruri} SIP/2.0", f"Via:{header['via']}", f"From:{header['from']}", f"To:{header['to']}",
+        f"Call-ID:{header['call-id']}", f"CSeq: {cseq} ACK", "Max-Forwards: 70", "Content-Length: 0",
+    ]) + "\r\n\r\n")
 
 
 def listen_udp(ip: str, port: int) -> socket.socket:

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, sip_options, untrusted_loopbacks
+from conftest import REPO, RTPENGINE_DEFAULTS, sip_options, untrusted_loopbacks
 from peers import callee_keys, caller_keys
-from raw_sip import RawSip, listen_udp, received, status_code
+from raw_sip import RawSip, call_as_extension, listen_udp, received, status_code
+
+from callbackd.rtpengine import NgClient
 
 CALL_TIMEOUT = 25
 CALLBACK_TIMEOUT = 40
@@ -238,3 +240,62 @@ def test_a_stale_nonce_is_challenged_again_never_refused(lab, pbx_address, phone
         assert answer is not None and status_code(answer) == 401
         assert 'qop="auth"' in answer or "qop=auth" in answer
         assert phone.register(extension, lab.extensions[extension], expires=0) == 200
+
+
+# -- 6. an ended call leaves no media session behind ---------------------------------
+
+def rtpengine_calls(ng_address) -> set[str]:
+    with NgClient(ng_address) as ng:
+        return set(ng.request("list").get("calls", []))
+
+
+def busy_phone_messages(callee) -> list[str]:
+    return callee.messages().splitlines()
+
+
+def test_busy_and_cancelled_calls_leave_no_media_session_behind(
+    sipp, lab, inventory, pbx_address, carrier_ip, trunk_port, callback_did, unlisted_caller,
+    forward_number, ring_step, phones,
+):
+    # Every extension busy, then the forward step busy too: the call ends on a
+    # negative reply. Another call is cancelled by its caller while it rings.
+    settings = {**yaml.safe_load(RTPENGINE_DEFAULTS.read_text()), **inventory}
+    ng_address = (settings["rtpengine_ng_listen"].rpartition(":")[0],
+                  int(settings["rtpengine_ng_listen"].rpartition(":")[2]))
+    busy_id, cancelled_id = f"busy-{uuid.uuid4().hex}", f"cancel-{uuid.uuid4().hex}"
+    phones_busy = [sipp.start_uas("callee.xml", phones[e].host, phones[e].port, callee_keys("busy"),
+                                  timeout=CALL_TIMEOUT) for e in ring_step.extensions]
+    far_end = sipp.start_uas("callee.xml", carrier_ip, trunk_port,
+                             callee_keys("busy", user=forward_number), timeout=CALL_TIMEOUT)
+    keys = caller_keys(callback_did.number, unlisted_caller)
+    keys["code"] = 486
+    sipp.run_uac("carrier_call_rejected.xml", carrier_ip, str(pbx_address), keys,
+                 timeout=CALL_TIMEOUT, extra=["-cid_str", busy_id])
+    far_end.expect_success()
+    for phone in phones_busy:
+        phone.expect_success()
+    # One phone rings (the caller's scenario takes one 180), the others are busy.
+    ringing = [sipp.start_uas("callee.xml", phones[e].host, phones[e].port,
+                              callee_keys("ring" if i == 0 else "busy"), timeout=CALL_TIMEOUT)
+               for i, e in enumerate(ring_step.extensions)]
+    keys = {**caller_keys(callback_did.number, unlisted_caller), "ring_ms": 500}
+    sipp.run_uac("carrier_call_cancel.xml", carrier_ip, str(pbx_address), keys,
+                 timeout=CALL_TIMEOUT, extra=["-cid_str", cancelled_id])
+    for phone in ringing:
+        phone.expect_success()
+    # An extension calls another, which is busy (no routing scheme: its own failure).
+    caller_ext, callee_ext = sorted(phones)[:2]
+    busy_phone = sipp.start_uas("callee.xml", phones[callee_ext].host, phones[callee_ext].port,
+                                callee_keys("busy"), timeout=CALL_TIMEOUT)
+    with RawSip(phones[caller_ext].host, pbx_address) as phone:
+        ext_code = call_as_extension(phone, caller_ext, lab.extensions[caller_ext], callee_ext)
+        ext_id = next(line.split(":", 1)[1].strip() for line in busy_phone_messages(busy_phone)
+                      if line.startswith("Call-ID:"))
+    assert ext_code == 486
+    busy_phone.expect_success()
+    # Deleted sessions linger for RTPengine's delete delay; forgotten ones
+    # would stay for its offer timeout (an hour).
+    deadline = time.monotonic() + settings["rtpengine_delete_delay"] + 30
+    while {busy_id, cancelled_id, ext_id} & rtpengine_calls(ng_address):
+        assert time.monotonic() < deadline, "a media session outlived its call"
+        time.sleep(1)
