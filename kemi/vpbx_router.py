@@ -379,7 +379,7 @@ class VpbxRouter:
         source = KSR.pv.get("$si")
         trunk = self.router.trunk_for(source)
         if trunk is not None:
-            return self.decide.FromTrunk(trunk)
+            return self.decide.FromTrunk(trunk, self.verification(trunk))
         if KSR.dispatcher.ds_is_from_list(ENGINE_SET) > 0:
             return self.decide.FromEngine()
         user = KSR.pv.get("$au")
@@ -398,6 +398,15 @@ class VpbxRouter:
             return self.decide.FromStranger()
         KSR.auth.consume_credentials()
         return self.decide.FromExtension(user)
+
+    def verification(self, trunk):
+        """The carrier's STIR/SHAKEN verdict on the caller ID, where the trunk reports one."""
+        header = self.router.trunks[trunk].attestation_header
+        if header is None:
+            return None
+        # verstat=TN-Validation-Passed as a URI parameter (P-Asserted-Identity) or a header's value.
+        value = KSR.pv.get(f"$hdr({header})") or ""
+        return "tn-validation-passed" in value.lower()
 
     def is_not_a_phone(self, host):
         try:
@@ -608,6 +617,9 @@ class VpbxRouter:
 def _origin_text(origin) -> str:
     name = type(origin).__name__
     detail = getattr(origin, "trunk", None) or getattr(origin, "number", None)
+    verified = getattr(origin, "verified", None)
+    if verified is not None:
+        detail = f"{detail}, verified={verified}"
     return f"{name}({detail})" if detail else name
 
 

@@ -16,9 +16,14 @@ from vpbx.policy import Allowed, check_destination
 
 @dataclass(frozen=True)
 class FromTrunk:
-    """The INVITE came from a trunk's inbound source: its caller ID is trusted."""
+    """The INVITE came from a trunk's inbound source: its caller ID is trusted.
+
+    `verified`: what the carrier's STIR/SHAKEN verification said of the
+    caller ID (TN-Validation-Passed), None when the trunk reports none.
+    """
 
     trunk: str
+    verified: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,7 @@ class Router:
 
     def __init__(self, config: Config):
         self.config = config
+        self.trunks = {trunk.name: trunk for trunk in config.trunks}
         self._sources = [
             (netaddr.IPNetwork(cidr), trunk.name)
             for trunk in config.trunks
@@ -149,11 +155,16 @@ class Router:
         # Caller ID means something only when the carrier asserts it, and is
         # read only when there is a list to find it in: most DIDs have none.
         listed = self.callback_list(did) if isinstance(origin, FromTrunk) else None
-        if listed:
+        if listed and self.attested(origin):
             caller = self.find(caller_user, listed)
             if caller is not None:
                 return TriggerCallback(did.number, caller, did.callback.reject_code)
         return RouteScheme(did.number, did.routing, self.config.routing_schemes[did.routing])
+
+    def attested(self, origin: FromTrunk) -> bool:
+        """A trunk that reports verification triggers call-backs only for verified caller IDs."""
+        trunk = self.trunks.get(origin.trunk)
+        return trunk is None or trunk.attestation_header is None or origin.verified is True
 
     def call_out(self, did_user: str | None, ruri_user: str | None) -> Action:
         """A leg the engine places: to a listed employee, or to a client the policy allows.

@@ -19,6 +19,7 @@ from vpbx.numbers import InvalidNumber, country_code_prefix, is_valid_region, to
 
 # The form dump() writes numbers in; see load(rendered=True).
 E164_SHAPE = re.compile(r"\+[1-9][0-9]{5,14}")
+HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.!%*_+`'~-]*")
 CONTRACT_KEYS = (
     "vpbx_default_country",
     "vpbx_sip_listen",
@@ -68,6 +69,9 @@ class Trunk:
     name: str
     address: HostPort
     inbound_sources: tuple[str, ...]
+    # The header carrying the carrier's STIR/SHAKEN verification (verstat):
+    # when set, only callers verified TN-Validation-Passed trigger call-backs.
+    attestation_header: str | None = None
 
 
 @dataclass(frozen=True)
@@ -263,8 +267,15 @@ def _trunks(check: _Checker, value: Any) -> tuple[Trunk, ...]:
     claimed: list[tuple[netaddr.IPNetwork, str]] = []
     for i, item in enumerate(check.items("vpbx_trunks", value)):
         path = f"vpbx_trunks[{i}]"
-        if not check.keys(path, item, ("name", "address", "inbound_sources"), ("name", "address")):
+        if not check.keys(path, item, ("name", "address", "inbound_sources", "attestation_header"),
+                          ("name", "address")):
             continue
+        attestation = item.get("attestation_header")
+        if attestation is not None and not (isinstance(attestation, str)
+                                            and HEADER_NAME.fullmatch(attestation)):
+            check.error(f"{path}.attestation_header",
+                        f"must be a SIP header name like P-Asserted-Identity, got {attestation!r}")
+            attestation = None
         name = check.text(f"{path}.name", item.get("name"))
         check.unique(f"{path}.name", name, names)
         address = check.host_port(f"{path}.address", item.get("address"))
@@ -287,7 +298,7 @@ def _trunks(check: _Checker, value: Any) -> tuple[Trunk, ...]:
             claimed.append((network, spath))
             sources.append(str(network.cidr))
         if name and address:
-            trunks.append(Trunk(name, address, tuple(sources)))
+            trunks.append(Trunk(name, address, tuple(sources), attestation))
     if not value:
         check.error("vpbx_trunks", "at least one trunk is needed")
     return tuple(trunks)
@@ -524,7 +535,8 @@ def dump(config: Config) -> dict[str, Any]:
         "vpbx_default_country": config.default_country,
         "vpbx_sip_listen": str(config.sip_listen),
         "vpbx_trunks": [
-            {"name": t.name, "address": str(t.address), "inbound_sources": list(t.inbound_sources)}
+            {"name": t.name, "address": str(t.address), "inbound_sources": list(t.inbound_sources),
+             **({"attestation_header": t.attestation_header} if t.attestation_header else {})}
             for t in config.trunks
         ],
         "vpbx_number_lists": [

@@ -143,13 +143,13 @@ SDP_OFFER = ("v=0\r\no=raw 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n"
 
 
 def call_as_extension(sip: RawSip, user: str, password: str, callee: str,
-                      media_port: int = 40998) -> int | None:
+                      media_port: int = 40998, extra: list[str] | None = None) -> int | None:
     """An extension's INVITE to `callee` answering the proxy's challenge; the final code (ACKed)."""
     call_id = uuid.uuid4().hex
     ruri = f"sip:{callee}@{sip.pbx}"
     aor = f"sip:{user}@{sip.pbx.host}"
     body = SDP_OFFER.format(ip=sip.ip, port=media_port)
-    sdp = ["Content-Type: application/sdp"]
+    sdp = [*(extra or []), "Content-Type: application/sdp"]
     answer = sip.ask(sip.request("INVITE", ruri, call_id=call_id, from_uri=aor, extra=sdp, body=body))
     if answer is None or status_code(answer) not in (401, 407):
         return None if answer is None else status_code(answer)

@@ -6,6 +6,7 @@ an address banned lifts the ban afterwards, as an admin would, so that the
 next test starts from a clean edge.
 """
 
+import re
 import subprocess
 import time
 import uuid
@@ -274,10 +275,11 @@ def test_busy_and_cancelled_calls_leave_no_media_session_behind(
     far_end.expect_success()
     for phone in phones_busy:
         phone.expect_success()
-    # One phone rings (the caller's scenario takes one 180), the others are busy.
-    ringing = [sipp.start_uas("callee.xml", phones[e].host, phones[e].port,
-                              callee_keys("ring" if i == 0 else "busy"), timeout=CALL_TIMEOUT)
-               for i, e in enumerate(ring_step.extensions)]
+    # One phone rings (the caller's scenario takes one 180); the others are
+    # switched off, so their branches stay silent until the CANCEL.
+    first = ring_step.extensions[0]
+    ringing = [sipp.start_uas("callee.xml", phones[first].host, phones[first].port,
+                              callee_keys("ring"), timeout=CALL_TIMEOUT)]
     keys = {**caller_keys(callback_did.number, unlisted_caller), "ring_ms": 500}
     sipp.run_uac("carrier_call_cancel.xml", carrier_ip, str(pbx_address), keys,
                  timeout=CALL_TIMEOUT, extra=["-cid_str", cancelled_id])
@@ -299,3 +301,57 @@ def test_busy_and_cancelled_calls_leave_no_media_session_behind(
     while {busy_id, cancelled_id, ext_id} & rtpengine_calls(ng_address):
         assert time.monotonic() < deadline, "a media session outlived its call"
         time.sleep(1)
+
+
+# -- 10. caller IDs the carrier did not verify ------------------------------------
+
+@pytest.fixture(scope="module")
+def verifying_trunk(lab):
+    trunk = next((t for t in lab.trunks if t.attestation_header), None)
+    if trunk is None:
+        pytest.skip("no trunk with an attestation_header in the inventory")
+    return trunk
+
+
+@pytest.mark.parametrize("verstat", ["TN-Validation-Passed", "TN-Validation-Failed", None])
+def test_a_verifying_carrier_triggers_call_backs_only_for_verified_callers(
+    sipp, pbx_address, carrier_ip, trunk_port, verifying_trunk, callback_did, listed_caller,
+    forward_number, verstat,
+):
+    source = verifying_trunk.inbound_sources[0].split("/")[0]
+    params = f";verstat={verstat}" if verstat else ""
+    keys = caller_keys(callback_did.number, listed_caller,
+                       header=f"{verifying_trunk.attestation_header}: <sip:{listed_caller}@{source}{params}>")
+    if verstat == "TN-Validation-Passed":
+        # Verified: the trigger is refused unanswered and the employee is called back.
+        employee = sipp.start_uas("callee.xml", carrier_ip, trunk_port,
+                                  callee_keys("answer", user=listed_caller, caller=callback_did.number),
+                                  timeout=CALLBACK_TIMEOUT)
+        keys["code"] = callback_did.callback.reject_code
+        sipp.run_uac("carrier_call_rejected.xml", source, str(pbx_address), keys, timeout=CALL_TIMEOUT)
+        employee.expect_success()
+    else:
+        # A spoofable caller ID is routed by the scheme, like any caller: forwarded, never called back.
+        far_end = sipp.start_uas("callee.xml", carrier_ip, trunk_port,
+                                 callee_keys("answer", user=forward_number), timeout=CALL_TIMEOUT)
+        sipp.run_uac("carrier_call.xml", source, str(pbx_address), keys, timeout=CALL_TIMEOUT)
+        far_end.expect_success()
+
+
+# -- 3. (continued) asserted identities only from trunks and engines -------------
+
+def test_an_extensions_asserted_identity_is_removed_and_its_call_still_rings(
+    sipp, lab, phones, pbx_address,
+):
+    caller_ext, callee_ext = sorted(phones)[:2]
+    callee = sipp.start_uas("callee.xml", phones[callee_ext].host, phones[callee_ext].port,
+                            callee_keys("busy"), timeout=CALL_TIMEOUT)
+    forged = "P-Asserted-Identity: <sip:+421905111222@127.0.0.5>"
+    with RawSip(phones[caller_ext].host, pbx_address) as phone:
+        code = call_as_extension(phone, caller_ext, lab.extensions[caller_ext], callee_ext, extra=[forged])
+    callee.expect_success()
+    assert code == 486
+    # The extension's call reached its callee, without the identity it claimed.
+    # (The carrier's own assertion still counts: test_calls' P-Asserted-Identity trigger.)
+    invite = callee.messages().split("INVITE sip:", 1)[1]
+    assert "P-Asserted-Identity" not in re.split(r"\r?\n\r?\n", invite, maxsplit=1)[0]

@@ -275,3 +275,29 @@ def test_a_source_that_is_no_address_is_no_trunk(router, source):
 
 def test_a_missing_source_is_no_trunk(router):
     assert router.trunk_for(None) is None
+
+
+def attested_router(header: str | None) -> Router:
+    return Router(load({
+        "vpbx_default_country": "SK",
+        "vpbx_sip_listen": "127.0.0.1:5060",
+        "vpbx_trunks": [{"name": "carrier", "address": "127.0.0.5:5080", "inbound_sources": ["127.0.0.5/32"],
+                         **({"attestation_header": header} if header else {})}],
+        "vpbx_number_lists": [{"name": "staff", "numbers": [LISTED]}],
+        "vpbx_routing_schemes": [{"name": "closed", "steps": [{"reject": 480}]}],
+        "vpbx_numbers": [{"number": CALLBACK_DID, "routing": "closed",
+                          "callback": {"enabled": True, "list": "staff"}}],
+    }))
+
+
+@pytest.mark.parametrize(("verified", "triggers"), [(True, True), (False, False), (None, False)])
+def test_a_trunk_that_reports_verification_triggers_only_for_verified_callers(verified, triggers):
+    router = attested_router("P-Asserted-Identity")
+    action = router.decide(FromTrunk("carrier", verified), CALLBACK_DID, LISTED)
+    assert isinstance(action, TriggerCallback if triggers else RouteScheme)
+
+
+@pytest.mark.parametrize("verified", [True, False, None])
+def test_a_trunk_without_verification_triggers_for_every_listed_caller(verified):
+    action = attested_router(None).decide(FromTrunk("carrier", verified), CALLBACK_DID, LISTED)
+    assert isinstance(action, TriggerCallback)

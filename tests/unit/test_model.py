@@ -477,3 +477,19 @@ def test_rendered_data_still_normalizes_what_is_not_in_e164_form(inventory):
     inventory["vpbx_number_lists"][0]["numbers"] = ["0905 123 456"]
     config = load(inventory, rendered=True)
     assert config.number_lists[inventory["vpbx_number_lists"][0]["name"]] == {"+421905123456"}
+
+
+def test_a_trunk_names_its_attestation_header_or_the_key_is_named():
+    base = {
+        "vpbx_default_country": "SK",
+        "vpbx_sip_listen": "127.0.0.1:5060",
+        "vpbx_routing_schemes": [{"name": "closed", "steps": [{"reject": 480}]}],
+        "vpbx_numbers": [{"number": "+421233000111", "routing": "closed"}],
+    }
+    good = load({**base, "vpbx_trunks": [{"name": "c", "address": "127.0.0.5:5080",
+                                                 "attestation_header": "X-Verstat"}]})
+    assert good.trunks[0].attestation_header == "X-Verstat"
+    assert load(dump(good)).trunks[0].attestation_header == "X-Verstat"
+    with pytest.raises(InventoryError, match=r"vpbx_trunks\[0\]\.attestation_header: must be a SIP"):
+        load({**base, "vpbx_trunks": [{"name": "c", "address": "127.0.0.5:5080",
+                                              "attestation_header": "X Verstat: yes"}]})
