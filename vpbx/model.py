@@ -28,6 +28,7 @@ CONTRACT_KEYS = (
     "vpbx_extensions",
     "vpbx_routing_schemes",
     "vpbx_numbers",
+    "vpbx_callback_max_concurrent",
 )
 REQUIRED_KEYS = ("vpbx_default_country", "vpbx_sip_listen", "vpbx_trunks", "vpbx_numbers")
 STEP_KINDS = ("ring", "forward", "reject")
@@ -35,6 +36,17 @@ LANGUAGES = ("sk", "en")
 DEFAULT_RING_TIMEOUT = 20
 DEFAULT_CALLBACK_REJECT = 486
 DEFAULT_DENIED_TYPES = ("premium_rate", "shared_cost")
+# Why a call to the employee's mobile may fail, by the words `retry_on` takes.
+# A person who declined (603) said no: calling again is what a fraudster's
+# script wants and what the employee does not.
+RETRY_CAUSES = ("no_answer", "busy", "declined", "failed")
+DEFAULT_RETRY_ON = ("no_answer", "busy")
+# Every call-back and every client call is paid for by the PBX: an engine takes
+# at most this many callbacks at once (pending ones included).
+DEFAULT_CALLBACK_MAX_CONCURRENT = 500
+# A PIN shorter than this falls to a script trying them in a day's call-backs.
+MIN_PIN_DIGITS = 6
+MAX_PIN_DIGITS = 12
 # A digest password is all that stands between a scanner and a registered
 # phone; shorter ones fall to offline guessing of a sniffed challenge.
 MIN_PASSWORD_LENGTH = 12
@@ -110,6 +122,14 @@ class Callback:
     inter_digit_timeout: int = 5
     max_digits: int = 15
     attempts: int = 3
+    # Abuse limits: call-backs placed per employee on this DID in a sliding
+    # hour and day, and the longest a bridged call may last.
+    max_per_hour: int = 20
+    max_per_day: int = 100
+    max_call_minutes: int = 60
+    retry_on: tuple[str, ...] = DEFAULT_RETRY_ON
+    # A secret: never logged, never in a CDR, never quoted in an error.
+    pin: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -128,6 +148,7 @@ class Config:
     extensions: Mapping[str, str]
     routing_schemes: Mapping[str, tuple[Step, ...]]
     numbers: Mapping[str, Did]
+    callback_max_concurrent: int = DEFAULT_CALLBACK_MAX_CONCURRENT
 
 
 @dataclass
@@ -248,6 +269,9 @@ def load(variables: Mapping[str, Any], *, rendered: bool = False) -> Config:
     known = None if rendered and "vpbx_extensions" not in variables else extensions
     schemes = _schemes(check, variables.get("vpbx_routing_schemes"), country, known)
     numbers = _numbers(check, variables.get("vpbx_numbers"), country, lists, schemes)
+    max_concurrent = check.integer("vpbx_callback_max_concurrent",
+                                   variables.get("vpbx_callback_max_concurrent",
+                                                 DEFAULT_CALLBACK_MAX_CONCURRENT), 1, 100_000)
 
     if check.errors:
         raise InventoryError(check.errors)
@@ -259,6 +283,7 @@ def load(variables: Mapping[str, Any], *, rendered: bool = False) -> Config:
         extensions=extensions,
         routing_schemes=schemes,
         numbers=numbers,
+        callback_max_concurrent=max_concurrent,
     )
 
 
@@ -488,6 +513,10 @@ def _callback(
         "inter_digit_timeout": (5, 1, 30),
         "max_digits": (15, 3, 15),
         "attempts": (3, 1, 5),
+        "max_per_hour": (20, 1, 10_000),
+        "max_per_day": (100, 1, 100_000),
+        # The warning plays a minute before the end: a shorter call would start with it.
+        "max_call_minutes": (60, 2, 1440),
     }
     values = {k: check.integer(f"{path}.{k}", item.get(k, d), lo, hi)
               for k, (d, lo, hi) in ints.items()}
@@ -497,6 +526,8 @@ def _callback(
     prompt = item.get("prompt")
     if prompt is not None:
         check.text(f"{path}.prompt", prompt)
+    retry_on = _retry_on(check, f"{path}.retry_on", item.get("retry_on", list(DEFAULT_RETRY_ON)))
+    pin = _pin(check, f"{path}.pin", item.get("pin"))
     if None in values.values():
         return None
     return Callback(
@@ -508,8 +539,34 @@ def _callback(
         prompt=prompt,
         allowed_prefixes=tuple(prefixes) or (country_code_prefix(country),),
         denied_types=tuple(denied),
+        retry_on=retry_on,
+        pin=pin,
         **values,
     )
+
+
+def _retry_on(check: _Checker, path: str, value: Any) -> tuple[str, ...]:
+    causes = []
+    for j, cause in enumerate(check.items(path, value)):
+        if not isinstance(cause, str) or cause not in RETRY_CAUSES:
+            check.error(f"{path}[{j}]", f"unknown cause {cause!r} (known: {', '.join(RETRY_CAUSES)})")
+        elif cause not in causes:
+            causes.append(cause)
+    return tuple(causes)
+
+
+def _pin(check: _Checker, path: str, value: Any) -> str | None:
+    """The PIN, checked without ever quoting it: errors reach playbook output and CI logs."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        # YAML reads 012345 as a number and drops the zero: only a quoted PIN is what was meant.
+        check.error(path, f"must be digits in quotes, like \"{'0' * MIN_PIN_DIGITS}\", got {_kind(value)}")
+        return None
+    if not (value.isascii() and value.isdigit() and MIN_PIN_DIGITS <= len(value) <= MAX_PIN_DIGITS):
+        check.error(path, f"must be {MIN_PIN_DIGITS} to {MAX_PIN_DIGITS} digits 0-9 (value not shown)")
+        return None
+    return value
 
 
 def dump(config: Config) -> dict[str, Any]:
@@ -526,8 +583,8 @@ def dump(config: Config) -> dict[str, Any]:
         out: dict[str, Any] = {"number": d.number, "routing": d.routing}
         if d.callback is not None:
             cb = {k: getattr(d.callback, k) for k in CALLBACK_KEYS}
-            cb["allowed_prefixes"] = list(cb["allowed_prefixes"])
-            cb["denied_types"] = list(cb["denied_types"])
+            for key in ("allowed_prefixes", "denied_types", "retry_on"):
+                cb[key] = list(cb[key])
             out["callback"] = {k: v for k, v in cb.items() if v is not None}
         return out
 
@@ -551,4 +608,5 @@ def dump(config: Config) -> dict[str, Any]:
             for name, steps in config.routing_schemes.items()
         ],
         "vpbx_numbers": [did(d) for d in config.numbers.values()],
+        "vpbx_callback_max_concurrent": config.callback_max_concurrent,
     }

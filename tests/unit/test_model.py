@@ -493,3 +493,114 @@ def test_a_trunk_names_its_attestation_header_or_the_key_is_named():
     with pytest.raises(InventoryError, match=r"vpbx_trunks\[0\]\.attestation_header: must be a SIP"):
         load({**base, "vpbx_trunks": [{"name": "c", "address": "127.0.0.5:5080",
                                               "attestation_header": "X Verstat: yes"}]})
+
+
+# --- abuse limits ---------------------------------------------------------------------------------
+
+CB = "vpbx_numbers[0].callback"
+
+
+def set_callback(inventory, **keys) -> None:
+    inventory["vpbx_numbers"][0]["callback"].update(keys)
+
+
+def test_callback_limits_default_to_20_an_hour_100_a_day_and_an_hour_long_call(callback):
+    assert (callback.max_per_hour, callback.max_per_day, callback.max_call_minutes) == (20, 100, 60)
+
+
+def test_callback_retries_no_answer_and_busy_but_not_a_decline_by_default(callback):
+    assert callback.retry_on == ("no_answer", "busy")
+
+
+def test_callback_has_no_pin_by_default(callback):
+    assert callback.pin is None
+
+
+def test_an_engine_takes_500_callbacks_at_once_by_default(inventory):
+    assert load(inventory).callback_max_concurrent == 500
+
+
+def test_the_limits_keep_what_the_inventory_says(inventory):
+    set_callback(inventory, max_per_hour=3, max_per_day=10, max_call_minutes=5,
+                 retry_on=["declined", "failed"], pin="0246810")
+    inventory["vpbx_callback_max_concurrent"] = 40
+    config = load(inventory)
+    callback = config.numbers["+421233000111"].callback
+    assert (callback.max_per_hour, callback.max_per_day, callback.max_call_minutes) == (3, 10, 5)
+    assert callback.retry_on == ("declined", "failed")
+    assert callback.pin == "0246810"
+    assert config.callback_max_concurrent == 40
+
+
+def test_an_empty_retry_on_never_retries(inventory):
+    set_callback(inventory, retry_on=[])
+    assert load(inventory).numbers["+421233000111"].callback.retry_on == ()
+
+
+def test_the_limits_survive_the_rendered_routing_file(inventory):
+    set_callback(inventory, max_per_hour=3, retry_on=["busy"], pin="135790")
+    inventory["vpbx_callback_max_concurrent"] = 7
+    dumped = dump(load(inventory))
+    assert dumped["vpbx_callback_max_concurrent"] == 7
+    assert dumped["vpbx_numbers"][0]["callback"]["retry_on"] == ["busy"]
+    again = load(dumped, rendered=True)
+    assert again == load(inventory)
+    assert again.numbers["+421233000111"].callback.pin == "135790"
+
+
+def test_a_routing_file_older_than_the_limits_loads_with_their_defaults(inventory):
+    dumped = dump(load(inventory))
+    del dumped["vpbx_callback_max_concurrent"]
+    for key in ("max_per_hour", "max_per_day", "max_call_minutes", "retry_on"):
+        del dumped["vpbx_numbers"][0]["callback"][key]
+    config = load(dumped, rendered=True)
+    assert config.callback_max_concurrent == 500
+    assert config.numbers["+421233000111"].callback.retry_on == ("no_answer", "busy")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("max_per_hour", 0), ("max_per_hour", "20"), ("max_per_day", 0), ("max_per_day", 100_001),
+     ("max_call_minutes", 1), ("max_call_minutes", 1441), ("max_call_minutes", True)],
+)
+def test_a_limit_out_of_range_is_reported_by_its_key(inventory, key, value):
+    set_callback(inventory, **{key: value})
+    assert_reported(errors_of(inventory), f"{CB}.{key}", "whole number")
+
+
+@pytest.mark.parametrize("value", [0, -1, 100_001, "500", None])
+def test_a_concurrency_cap_out_of_range_is_reported(inventory, value):
+    inventory["vpbx_callback_max_concurrent"] = value
+    assert_reported(errors_of(inventory), "vpbx_callback_max_concurrent", "whole number")
+
+
+def test_an_unknown_retry_cause_is_reported_with_the_known_ones(inventory):
+    set_callback(inventory, retry_on=["no_answer", "603"])
+    assert_reported(errors_of(inventory), f"{CB}.retry_on[1]", "'603'", "no_answer, busy, declined, failed")
+
+
+def test_a_retry_on_that_is_not_a_list_is_reported(inventory):
+    set_callback(inventory, retry_on="busy")
+    assert_reported(errors_of(inventory), f"{CB}.retry_on", "must be a list")
+
+
+@pytest.mark.parametrize("pin", ["12345", "1234567890123", "12345a", "12 345 6", "١٢٣٤٥٦", ""])
+def test_a_pin_that_is_not_6_to_12_digits_is_reported_without_its_value(inventory, pin):
+    set_callback(inventory, pin=pin)
+    errors = errors_of(inventory)
+    assert_reported(errors, f"{CB}.pin", "6 to 12 digits")
+    if pin:
+        assert all(pin not in error for error in errors)
+
+
+@pytest.mark.parametrize("pin", [123456, 24681012, 1.5, ["123456"]])
+def test_a_pin_written_unquoted_is_reported_without_its_value(inventory, pin):
+    set_callback(inventory, pin=pin)
+    errors = errors_of(inventory)
+    assert_reported(errors, f"{CB}.pin", "digits in quotes")
+    assert all(str(pin) not in error for error in errors)
+
+
+def test_the_pin_is_not_in_the_callbacks_repr(inventory):
+    set_callback(inventory, pin="975310")
+    assert "975310" not in repr(load(inventory))
