@@ -16,6 +16,11 @@ SDP replaces the placeholder in a new offer/answer that keeps RTPengine's
 ports, so the employee needs no re-INVITE and nobody else can take the
 client's place.
 
+Abuse limits (toll fraud: the PBX pays for every leg): a trigger the engine
+will not call back (an employee over the DID's max_per_hour/max_per_day, or
+the engine at vpbx_callback_max_concurrent) is refused without the accept
+header, so the edge routes the caller by the DID's scheme, never drops it.
+
 Trust: triggers come only from the SIP edges (callbackd.sip), carrying the
 edge's decision exactly once; RFC 4733 digits count only in datagrams from
 RTPengine's address and only when RTPengine saw them come from the
@@ -33,6 +38,7 @@ from callbackd import machine
 from callbackd.cdr import CdrWriter
 from callbackd.config import Settings, canonical_ip
 from callbackd.dtmf import parse_rtpengine_log, sent_by
+from callbackd.limits import Limits, MemoryLimits
 from callbackd.loglimit import LogLimiter
 from callbackd.prompts import Prompts
 from callbackd.recording import convert_recording, find_recording
@@ -49,6 +55,9 @@ EMPLOYEE_TAG = "EMP"
 ACCEPT_HEADER = ("X-Vpbx-Callback", "accepted")
 NOT_LISTED = (403, "Not A Callback Caller", [])
 NOT_DECIDED = (403, "No Decision Of The Edge", [])
+# Neither carries the accept header: the edge routes the caller by the scheme.
+OVER_LIMIT = (403, "Call-Back Limit Reached", [])
+AT_CAPACITY = (503, "Call-Back Capacity Reached", [])
 # How long to wait for RTPengine to close a recording after the call's delete.
 RECORDING_WAIT_S = 5.0
 RECORDING_POLL_S = 0.2
@@ -74,8 +83,8 @@ class Engine:
     """Takes triggers, runs sessions, writes CDRs."""
 
     def __init__(self, settings: Settings, routing: RoutingFile, config: model.Config, ng: NgClient,
-                 cdr: CdrWriter, prompts: Prompts):
-        """`config`: what `routing` loaded last."""
+                 cdr: CdrWriter, prompts: Prompts, limits: Limits | None = None):
+        """`config`: what `routing` loaded last; `limits`: the call-back counts (default: this engine's)."""
         self.settings = settings
         self.routing = routing
         self.router = decide.Router(config)
@@ -88,6 +97,9 @@ class Engine:
         # RTPengine sends its DTMF log from the host of its ng socket.
         self._rtpengine_ip = _ip(settings.rtpengine_ng[0])
         self._dtmf_refusals = LogLimiter()
+        self.limits = limits if limits is not None else MemoryLimits()
+        # A flood at capacity is the caller's to make: its log lines are capped.
+        self._capacity_refusals = LogLimiter()
         self._workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="recording")
         # Prompts, ringback and deletes go to RTPengine in order on one thread of
         # their own: opening a WAV takes RTPengine milliseconds, and with many
@@ -145,14 +157,34 @@ class Engine:
         accepted = (did.callback.reject_code, "Call Back Follows", [ACCEPT_HEADER])
         key = (did.number, employee)
         if key in self.sessions:
+            # Not counted either: no call-back is placed for it.
             log.info("callback %s: repeated trigger from %s, no second call-back",
                      self.sessions[key].id, employee)
             return accepted
+        refusal = self._refusal(config, did, employee)
+        if refusal is not None:
+            return refusal
         session = Session(self, did, employee)
         self.sessions[key] = session
         self._by_media[session.media_call_id] = session
         session.start()
         return accepted
+
+    def _refusal(self, config: model.Config, did: model.Did, employee: str):
+        """The reply that refuses a call-back over a limit, or None once it is counted."""
+        if len(self.sessions) >= config.callback_max_concurrent:
+            self._capacity_refusals.log(
+                log, logging.WARNING, "callback capacity: %d callbacks in progress "
+                "(vpbx_callback_max_concurrent %d), %s on %s routed by the scheme",
+                len(self.sessions), config.callback_max_concurrent, employee, did.number)
+            return AT_CAPACITY
+        settings = did.callback
+        refused = self.limits.admit(did.number, employee, settings.max_per_hour, settings.max_per_day,
+                                    time.time())
+        if refused is not None:
+            log.warning("callback limit: %s on %s: %s, routed by the scheme", employee, did.number, refused)
+            return OVER_LIMIT
+        return None
 
     def on_dtmf_datagram(self, data: bytes, source: tuple[str, int]) -> None:
         if _ip(source[0]) != self._rtpengine_ip:
@@ -261,6 +293,8 @@ class Session:
                 if self.employee_leg is not None:
                     self.employee_leg.hang_up()
             case machine.PlayPrompt(name):
+                # The name only: what is typed, a PIN above all, is never logged.
+                log.info("callback %s: playing %s", self.id, name)
                 self.play(str(self.engine.prompts.path(self.did.number, self.language, name)))
             case machine.PlayRingback():
                 self.play(str(self.engine.prompts.ringback), RINGBACK_REPEATS)

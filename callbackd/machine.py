@@ -13,9 +13,12 @@ Rules of the road:
   nothing; no event raises. A leg answered after the machine cancelled it is the
   engine's to hang up: the machine has moved on.
 - `Finished(cdr)` is the last command, exactly once; every later event returns [].
+- A DID's PIN is compared here and nowhere else; no command or CDR carries
+  what was typed for it.
 """
 
 import enum
+import hmac
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -35,6 +38,8 @@ class Timer(enum.StrEnum):
     DIGITS = "digits"  # inter-digit timeout
     MESSAGE = "message"  # the length of an error or failure message
     CLIENT_RING = "client_ring"
+    # A bridged call's time: first up a minute before its limit (the warning), then at it.
+    CALL_TIME = "call_time"
 
 
 class Prompt(enum.StrEnum):
@@ -46,6 +51,9 @@ class Prompt(enum.StrEnum):
     CLIENT_BUSY = "client_busy"
     CLIENT_NO_ANSWER = "client_no_answer"
     CLIENT_FAILED = "client_failed"
+    ENTER_PIN = "enter_pin"
+    WRONG_PIN = "wrong_pin"  # says "wrong" and asks again: keys may barge in, as into enter_pin
+    CALL_ENDING = "call_ending"  # a minute before a bridged call's limit
 
 
 # Keys of RFC 4733 / SIP INFO digit events that mean something here.
@@ -59,11 +67,22 @@ KEYS = NUMBER_KEYS | {CLEAR_KEY, END_KEY}
 # a garbage code must compare unequal, not fail to hash.
 CLIENT_BUSY_CODES = (486, 600, 603)
 CLIENT_NO_ANSWER_CODES = (408, 480, 487)
+# Final replies from the employee's mobile by the cause `retry_on` names
+# (model.RETRY_CAUSES); any other code is "failed", the ring timeout "no_answer".
+EMPLOYEE_CAUSES = {408: "no_answer", 480: "no_answer", 487: "no_answer",
+                   486: "busy", 600: "busy", 603: "declined"}
+# Wrong PINs before the call-back is ended: enough for a slip of the finger,
+# too few for guessing (and each guess costs a call-back, which is counted).
+PIN_TRIES = 3
+# A PIN is at most model.MAX_PIN_DIGITS; more keys without "#" are a wrong try.
+PIN_MAX_KEYS = 16
+# The warning plays this long before a bridged call's limit.
+CALL_WARNING_S = 60.0
 
 # What a CDR's `result` and `ended_by` may say.
-RESULTS = ("bridged", "employee_no_answer", "no_digits", "denied", "client_busy", "client_no_answer",
-           "failed")
-ENDED_BY = ("employee", "client", "engine")
+RESULTS = ("bridged", "employee_no_answer", "no_digits", "denied", "pin_refused", "client_busy",
+           "client_no_answer", "failed")
+ENDED_BY = ("employee", "client", "engine", "limit")
 
 
 class State(enum.StrEnum):
@@ -71,6 +90,8 @@ class State(enum.StrEnum):
     WAITING = "waiting"  # the "delay" after the trigger
     CALLING_EMPLOYEE = "calling_employee"
     RETRY_WAIT = "retry_wait"
+    PIN_PROMPTING = "pin_prompting"  # "enter your PIN" (or "wrong PIN") plays; a key stops it
+    PIN_COLLECTING = "pin_collecting"
     PROMPTING = "prompting"  # "enter the number" plays; a key stops it
     COLLECTING = "collecting"
     ERROR_MESSAGE = "error_message"  # invalid/not allowed plays, then prompt again or give up
@@ -161,7 +182,7 @@ class Cdr:
     bridged_seconds: float = 0.0
     recording: str | None = None  # the engine fills it: the machine knows no files
     employee_attempts: int = 0
-    ended_by: str | None = None  # "employee", "client" or "engine"
+    ended_by: str | None = None  # "employee", "client", "engine" or "limit" (max_call_minutes)
 
     def to_json_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -211,6 +232,9 @@ class Callback:
         self._digits = ""
         self._keys_pressed = False  # any key at all: a person, not a voicemail
         self._failed_numbers = 0
+        self._pin_accepted = settings.pin is None
+        self._wrong_pins = 0
+        self._warned = False  # the bridged call's one-minute warning has played
         self._result: str | None = None  # decided before the goodbye message plays
 
     # --- events -----------------------------------------------------------
@@ -229,11 +253,14 @@ class Callback:
             case (State.WAITING, Timer.DELAY) | (State.RETRY_WAIT, Timer.RETRY):
                 return self._call_employee()
             case (State.CALLING_EMPLOYEE, Timer.EMPLOYEE_RING):
-                return [CancelEmployee(), *self._employee_not_reached(now)]
+                return [CancelEmployee(), *self._employee_not_reached(now, "no_answer")]
             case (State.PROMPTING, Timer.PROMPT):
                 self.state = State.COLLECTING
                 return [self._start(Timer.DIGITS, self.settings.inter_digit_timeout)]
-            case (State.COLLECTING, Timer.DIGITS):
+            case (State.PIN_PROMPTING, Timer.PROMPT):
+                self.state = State.PIN_COLLECTING
+                return [self._start(Timer.DIGITS, self.settings.inter_digit_timeout)]
+            case (State.COLLECTING | State.PIN_COLLECTING, Timer.DIGITS):
                 if not self._keys_pressed:
                     # Nobody typed anything since the answer: a voicemail took the call.
                     return self._finish(now, "no_digits", "engine", HangUpEmployee())
@@ -246,6 +273,11 @@ class Callback:
                 return [CancelClient(), *self._goodbye("client_no_answer", Prompt.CLIENT_NO_ANSWER)]
             case (State.GOODBYE, Timer.MESSAGE):
                 return self._finish(now, self._result, "engine", HangUpEmployee())
+            case (State.BRIDGED, Timer.CALL_TIME) if not self._warned:
+                self._warned = True
+                return [PlayPrompt(Prompt.CALL_ENDING), self._start(Timer.CALL_TIME, CALL_WARNING_S)]
+            case (State.BRIDGED, Timer.CALL_TIME):
+                return self._finish(now, "bridged", "limit", HangUpClient(), HangUpEmployee())
         return []
 
     def on_employee_ringing(self, now: float) -> list[Command]:
@@ -260,10 +292,12 @@ class Callback:
     def on_employee_failed(self, code: int, now: float) -> list[Command]:
         if self.state is not State.CALLING_EMPLOYEE:
             return []
-        # Busy, no answer, declined or any other final reply: all are worth another try.
-        return [*self._cancel(Timer.EMPLOYEE_RING), *self._employee_not_reached(now)]
+        cause = EMPLOYEE_CAUSES.get(code, "failed") if isinstance(code, int) else "failed"
+        return [*self._cancel(Timer.EMPLOYEE_RING), *self._employee_not_reached(now, cause)]
 
     def on_employee_hangup(self, now: float) -> list[Command]:
+        if self.state in (State.PIN_PROMPTING, State.PIN_COLLECTING):
+            return self._finish(now, "pin_refused" if self._wrong_pins else "no_digits", "employee")
         if self.state in (State.PROMPTING, State.COLLECTING, State.ERROR_MESSAGE):
             # No number was accepted; a refused one makes it a denied callback.
             return self._finish(now, "denied" if self._failed_numbers else "no_digits", "employee")
@@ -276,22 +310,25 @@ class Callback:
         return []
 
     def on_digit(self, digit: str, now: float) -> list[Command]:
-        if self.state not in (State.PROMPTING, State.COLLECTING):
+        collecting = {State.PROMPTING: State.COLLECTING, State.COLLECTING: State.COLLECTING,
+                      State.PIN_PROMPTING: State.PIN_COLLECTING, State.PIN_COLLECTING: State.PIN_COLLECTING}
+        if self.state not in collecting:
             return []  # keys during a message or ringback are dropped; the next prompt asks again
         if not isinstance(digit, str) or digit not in KEYS:
             return []
         self._keys_pressed = True
         out: list[Command] = []
-        if self.state is State.PROMPTING:
+        if self.state in (State.PROMPTING, State.PIN_PROMPTING):
             out += [StopPrompt(), *self._cancel(Timer.PROMPT)]
-            self.state = State.COLLECTING
+            self.state = collecting[self.state]
         if digit == END_KEY:
             return out + self._evaluate(now)
         if digit == CLEAR_KEY:
             self._digits = ""
         else:
             self._digits += digit
-            if len(self._digits) >= self.settings.max_digits:
+            most = PIN_MAX_KEYS if self.state is State.PIN_COLLECTING else self.settings.max_digits
+            if len(self._digits) >= most:
                 return out + self._evaluate(now)
         return [*out, self._start(Timer.DIGITS, self.settings.inter_digit_timeout)]
 
@@ -303,7 +340,8 @@ class Callback:
             return []
         self.cdr.client_answer_at = now
         self.state = State.BRIDGED
-        return [*self._cancel(Timer.CLIENT_RING), StopPrompt(), Bridge()]
+        first = self.settings.max_call_minutes * 60 - CALL_WARNING_S
+        return [*self._cancel(Timer.CLIENT_RING), StopPrompt(), Bridge(), self._start(Timer.CALL_TIME, first)]
 
     def on_client_failed(self, code: int, now: float) -> list[Command]:
         if self.state is not State.DIALING_CLIENT:
@@ -324,6 +362,8 @@ class Callback:
         """The engine stops (shutdown, media failure): release every leg, write the CDR."""
         legs: dict[State, tuple[Command, ...]] = {
             State.CALLING_EMPLOYEE: (CancelEmployee(),),
+            State.PIN_PROMPTING: (HangUpEmployee(),),
+            State.PIN_COLLECTING: (HangUpEmployee(),),
             State.PROMPTING: (HangUpEmployee(),),
             State.COLLECTING: (HangUpEmployee(),),
             State.ERROR_MESSAGE: (HangUpEmployee(),),
@@ -354,20 +394,28 @@ class Callback:
         timeout = self.settings.ring_timeout
         return [CallEmployee(self.cdr.employee_attempts, timeout), self._start(Timer.EMPLOYEE_RING, timeout)]
 
-    def _employee_not_reached(self, now: float) -> list[Command]:
-        if self.cdr.employee_attempts > self.settings.retries:
+    def _employee_not_reached(self, now: float, cause: str) -> list[Command]:
+        """`cause`: a word of model.RETRY_CAUSES; only those of the DID's retry_on are tried again."""
+        if self.cdr.employee_attempts > self.settings.retries or cause not in self.settings.retry_on:
             return self._finish(now, "employee_no_answer", "engine")
         self.state = State.RETRY_WAIT
         return [self._start(Timer.RETRY, self.settings.retry_interval)]
 
-    def _prompt(self) -> list[Command]:
+    def _prompt(self, prompt: str | None = None) -> list[Command]:
+        """Ask for the PIN until it was typed right, then for the client's number."""
         self._digits = ""
-        self.state = State.PROMPTING
-        seconds = self.prompt_seconds[Prompt.ENTER_NUMBER]
-        return [PlayPrompt(Prompt.ENTER_NUMBER), self._start(Timer.PROMPT, seconds)]
+        if self._pin_accepted:
+            self.state = State.PROMPTING
+            prompt = Prompt.ENTER_NUMBER
+        else:
+            self.state = State.PIN_PROMPTING
+            prompt = prompt or Prompt.ENTER_PIN
+        return [PlayPrompt(prompt), self._start(Timer.PROMPT, self.prompt_seconds[prompt])]
 
     def _evaluate(self, now: float) -> list[Command]:
-        """The number is complete: dial it if the DID's policy allows, else say why."""
+        """What was typed is complete: the PIN, or the number to dial if the policy allows."""
+        if self.state is State.PIN_COLLECTING:
+            return self._check_pin(now)
         out = self._cancel(Timer.DIGITS)
         s = self.settings
         verdict = check_destination(self._digits, self.country, s.allowed_prefixes, s.denied_types)
@@ -388,6 +436,17 @@ class Callback:
         self.state = State.ERROR_MESSAGE
         prompt = Prompt.INVALID_NUMBER if verdict.reason == "invalid" else Prompt.NOT_ALLOWED
         return [*out, PlayPrompt(prompt), self._start(Timer.MESSAGE, self.prompt_seconds[prompt])]
+
+    def _check_pin(self, now: float) -> list[Command]:
+        typed, self._digits = self._digits, ""
+        # Constant time: how long a refusal takes says nothing about the digits.
+        if hmac.compare_digest(typed.encode(), self.settings.pin.encode()):
+            self._pin_accepted = True
+            return [*self._cancel(Timer.DIGITS), *self._prompt()]
+        self._wrong_pins += 1
+        if self._wrong_pins >= PIN_TRIES:
+            return self._finish(now, "pin_refused", "engine", HangUpEmployee())
+        return [*self._cancel(Timer.DIGITS), *self._prompt(Prompt.WRONG_PIN)]
 
     def _goodbye(self, result: str, prompt: str) -> list[Command]:
         self._result = result

@@ -36,6 +36,9 @@ PROMPT_SECONDS = {
     "client_busy": 3.0,
     "client_no_answer": 3.5,
     "client_failed": 2.25,
+    "enter_pin": 3.0,
+    "wrong_pin": 3.25,
+    "call_ending": 2.75,
 }
 
 
@@ -160,9 +163,11 @@ def test_the_happy_path_says_exactly_these_commands_in_order():
         StartTimer("client_ring", CLIENT_RING_TIMEOUT),
     ]
     assert story("on_client_ringing", after=1.0) == []
-    assert story("on_client_answered", after=7.0) == [CancelTimer("client_ring"), StopPrompt(), Bridge()]
+    assert story("on_client_answered", after=7.0) == [
+        CancelTimer("client_ring"), StopPrompt(), Bridge(), StartTimer("call_time", 3540.0),
+    ]
     out = story("on_client_hangup", after=62.5)
-    assert out[:-1] == [HangUpEmployee()]
+    assert out[:-1] == [CancelTimer("call_time"), HangUpEmployee()]
     assert out[-1] == Finished(story.cdr)
     assert story.timers == {}
 
@@ -245,10 +250,58 @@ def test_a_busy_employee_is_tried_again_after_the_retry_interval():
     assert story.fire("retry") == [CallEmployee(2, 20), StartTimer("employee_ring", 20)]
 
 
-@pytest.mark.parametrize("code", [408, 480, 486, 487, 500, 503, 600, 603])
-def test_any_final_failure_of_the_employee_leg_is_worth_a_retry(code):
+@pytest.mark.parametrize("code", [408, 480, 486, 487, 600])
+def test_no_answer_and_busy_are_retried_by_default(code):
     story = ringing()
     assert story("on_employee_failed", code)[-1] == StartTimer("retry", 30)
+
+
+def test_an_employee_who_declined_is_not_called_again_by_default():
+    story = ringing()
+    out = story("on_employee_failed", 603, after=2.0)
+    assert out == [CancelTimer("employee_ring"), Finished(story.cdr)]
+    assert story.cdr.result == "employee_no_answer"
+    assert story.cdr.employee_attempts == 1
+    assert [c for c in story.said if isinstance(c, CallEmployee)] == [CallEmployee(1, 20)]
+
+
+@pytest.mark.parametrize("code", [404, 500, 503, 999, None, "486"])
+def test_other_failures_of_the_employee_leg_are_not_retried_by_default(code):
+    story = ringing()
+    assert story("on_employee_failed", code)[-1] == Finished(story.cdr)
+    assert story.cdr.employee_attempts == 1
+
+
+@pytest.mark.parametrize(
+    ("retry_on", "code", "retried"),
+    [
+        (("busy",), 486, True),
+        (("busy",), 480, False),
+        (("no_answer",), 486, False),
+        (("no_answer",), 408, True),
+        (("declined",), 603, True),
+        (("failed",), 503, True),
+        (("failed",), 603, False),
+        ((), 480, False),
+    ],
+)
+def test_the_dids_retry_on_says_which_failures_are_tried_again(retry_on, code, retried):
+    story = ringing(retry_on=retry_on)
+    last = story("on_employee_failed", code)[-1]
+    assert (last == StartTimer("retry", 30)) is retried
+    assert isinstance(last, Finished) is not retried
+
+
+def test_the_ring_timeout_is_a_no_answer_for_retry_on():
+    assert ringing(retry_on=("busy",)).fire("employee_ring")[-1].__class__ is Finished
+    assert ringing(retry_on=("no_answer",)).fire("employee_ring")[-1] == StartTimer("retry", 30)
+
+
+def test_a_busy_employee_is_not_retried_when_retry_on_leaves_busy_out():
+    story = ringing(retry_on=("no_answer",), retries=3)
+    story("on_employee_failed", 486)
+    assert story.cdr.employee_attempts == 1
+    assert "retry" not in story.timers
 
 
 def test_after_the_last_retry_the_callback_ends_as_employee_no_answer():
@@ -466,7 +519,9 @@ def test_the_client_ringing_changes_nothing():
 
 def test_the_client_answering_stops_the_ringback_and_bridges():
     story = dialing()
-    assert story("on_client_answered", after=5.0) == [CancelTimer("client_ring"), StopPrompt(), Bridge()]
+    assert story("on_client_answered", after=5.0) == [
+        CancelTimer("client_ring"), StopPrompt(), Bridge(), StartTimer("call_time", 3540.0),
+    ]
     assert story.machine.cdr.client_answer_at == story.now
 
 
@@ -518,12 +573,182 @@ def test_the_employee_hanging_up_during_the_goodbye_keeps_the_clients_result():
     assert story.cdr.ended_by == "employee"
 
 
+# --- how long a bridged call may last -------------------------------------------------
+
+
+def test_a_bridged_call_warns_the_employee_a_minute_before_its_limit():
+    story = bridged(max_call_minutes=10)
+    assert story.timers["call_time"] == 540.0
+    assert story.fire("call_time") == [PlayPrompt("call_ending"), StartTimer("call_time", 60.0)]
+    assert story.machine.state is State.BRIDGED
+
+
+def test_a_bridged_call_is_ended_at_its_limit_both_legs_hung_up_and_the_cdr_says_limit():
+    story = bridged(max_call_minutes=10)
+    answered_at = story.now
+    story.fire("call_time")
+    assert story.fire("call_time") == [HangUpClient(), HangUpEmployee(), Finished(story.cdr)]
+    assert story.cdr.result == "bridged"
+    assert story.cdr.ended_by == "limit"
+    assert story.cdr.bridged_seconds == 600.0
+    assert story.cdr.end_at == answered_at + 600.0
+    assert story.timers == {}
+
+
+def test_the_limit_is_an_hour_by_default():
+    story = bridged()
+    story.fire("call_time")
+    story.fire("call_time")
+    assert story.cdr.bridged_seconds == 3600.0
+
+
+def test_a_call_that_ends_before_the_warning_hears_no_warning_and_keeps_who_ended_it():
+    story = bridged(max_call_minutes=2)
+    assert story("on_client_hangup", after=59.0)[0] == CancelTimer("call_time")
+    assert PlayPrompt("call_ending") not in story.said
+    assert story.cdr.ended_by == "client"
+    assert story("on_timer", "call_time") == []
+
+
+def test_a_call_ended_by_a_party_after_the_warning_is_theirs_not_the_limits():
+    story = bridged(max_call_minutes=2)
+    story.fire("call_time")
+    assert story("on_employee_hangup", after=30.0) == [
+        CancelTimer("call_time"), HangUpClient(), Finished(story.cdr),
+    ]
+    assert story.cdr.ended_by == "employee"
+
+
+def test_the_call_time_runs_only_once_the_client_answered():
+    story = dialing(max_call_minutes=2)
+    assert "call_time" not in story.timers
+    assert story("on_timer", "call_time") == []
+
+
+# --- the DID's PIN --------------------------------------------------------------------
+
+PIN = "246810"
+
+
+def test_with_a_pin_the_answered_employee_is_asked_for_it_first():
+    story = ringing(pin=PIN)
+    assert story("on_employee_answered") == [
+        CancelTimer("employee_ring"), PlayPrompt("enter_pin"), StartTimer("prompt", 3.0),
+    ]
+    assert story.machine.state is State.PIN_PROMPTING
+
+
+def test_the_right_pin_and_hash_lead_to_the_number_prompt_then_the_client_is_dialled():
+    story = answered(pin=PIN)
+    assert story.type(PIN + "#")[-3:] == [CancelTimer("digits"), PlayPrompt("enter_number"),
+                                          StartTimer("prompt", 4.0)]
+    assert story.machine.state is State.PROMPTING
+    story.type(CLIENT_TYPED + "#")
+    assert story.dialled() == [DialClient(CLIENT, CLIENT_TYPED)]
+
+
+def test_the_pin_and_the_number_may_be_typed_ahead_in_one_go():
+    story = answered(pin=PIN)
+    story.type(PIN + "#" + CLIENT_TYPED + "#", gap=0.1)
+    assert story.dialled() == [DialClient(CLIENT, CLIENT_TYPED)]
+
+
+def test_a_wrong_pin_is_told_and_asked_again_and_the_number_is_not_taken_as_a_pin():
+    story = answered(pin=PIN)
+    out = story.type("135790#")
+    assert out[-2:] == [PlayPrompt("wrong_pin"), StartTimer("prompt", 3.25)]
+    assert story.machine.state is State.PIN_PROMPTING
+    story.type(CLIENT_TYPED + "#")  # a number where the PIN belongs is the second wrong try
+    assert story.dialled() == []
+    story.type(PIN + "#")
+    story.type(CLIENT_TYPED + "#")
+    assert story.dialled() == [DialClient(CLIENT, CLIENT_TYPED)]
+
+
+def test_three_wrong_pins_end_the_callback_as_pin_refused_and_nothing_is_dialled():
+    story = answered(pin=PIN)
+    story.type("111111#222222#")
+    out = story.type("333333#")
+    assert out[-2:] == [HangUpEmployee(), Finished(story.cdr)]
+    assert story.cdr.result == "pin_refused"
+    assert story.cdr.ended_by == "engine"
+    assert story.dialled() == []
+    assert story.timers == {}
+    assert story.type(CLIENT_TYPED + "#") == []
+
+
+def test_the_pin_is_nowhere_in_the_cdr_or_the_commands():
+    story = answered(pin=PIN)
+    story.type(PIN + "#" + CLIENT_TYPED + "#")
+    story("on_client_answered")
+    story("on_client_hangup", after=5.0)
+    assert PIN not in repr(story.said)
+    assert PIN not in repr(story.cdr.to_json_dict())
+    assert PIN not in repr(story.settings)
+
+
+def test_a_pin_typed_with_a_star_in_it_is_cleared_and_typed_again():
+    story = answered(pin=PIN)
+    story.type("99*" + PIN + "#")
+    assert story.machine.state is State.PROMPTING
+
+
+def test_a_pin_with_a_digit_too_many_is_wrong():
+    story = answered(pin=PIN)
+    story.type(PIN + "0#")
+    assert story.machine.state is State.PIN_PROMPTING
+    assert story.said[-2] == PlayPrompt("wrong_pin")
+
+
+def test_silence_after_a_pin_prompt_is_a_voicemail():
+    story = answered(pin=PIN)
+    story.fire("prompt")
+    assert story.machine.state is State.PIN_COLLECTING
+    assert story.fire("digits") == [HangUpEmployee(), Finished(story.cdr)]
+    assert story.cdr.result == "no_digits"
+
+
+def test_a_pin_left_unfinished_is_a_wrong_try_at_the_inter_digit_timeout():
+    story = answered(pin=PIN)
+    story.type("2468")
+    assert story.fire("digits") == [PlayPrompt("wrong_pin"), StartTimer("prompt", 3.25)]
+
+
+def test_endless_keys_without_hash_are_cut_off_as_a_wrong_pin():
+    story = answered(pin=PIN)
+    story.type("1" * 16)
+    assert story.said[-2:] == [PlayPrompt("wrong_pin"), StartTimer("prompt", 3.25)]
+
+
+@pytest.mark.parametrize(("typed", "result"), [("", "no_digits"), ("111111#", "pin_refused")])
+def test_the_employee_hanging_up_at_the_pin(typed, result):
+    story = answered(pin=PIN)
+    story.type(typed)
+    assert isinstance(story("on_employee_hangup")[-1], Finished)
+    assert story.cdr.result == result
+    assert story.cdr.ended_by == "employee"
+
+
+def test_abort_at_the_pin_hangs_up_the_employee():
+    story = answered(pin=PIN)
+    story.type("12")
+    assert [c for c in story("abort") if not isinstance(c, CancelTimer)] == [
+        HangUpEmployee(), Finished(story.cdr),
+    ]
+
+
+def test_without_a_pin_nobody_is_asked_for_one():
+    assert answered().said[-2] == PlayPrompt("enter_number")
+
+
 # --- hanging up ---------------------------------------------------------------------
 
 
 def test_the_client_hanging_up_after_the_bridge_hangs_up_the_employee():
     story = bridged()
-    assert story("on_client_hangup", after=90.25) == [HangUpEmployee(), Finished(story.cdr)]
+    assert story("on_client_hangup", after=90.25) == [
+        CancelTimer("call_time"), HangUpEmployee(), Finished(story.cdr),
+    ]
     assert story.cdr.result == "bridged"
     assert story.cdr.ended_by == "client"
     assert story.cdr.bridged_seconds == 90.25
@@ -531,7 +756,9 @@ def test_the_client_hanging_up_after_the_bridge_hangs_up_the_employee():
 
 def test_the_employee_hanging_up_after_the_bridge_hangs_up_the_client():
     story = bridged()
-    assert story("on_employee_hangup", after=12.0) == [HangUpClient(), Finished(story.cdr)]
+    assert story("on_employee_hangup", after=12.0) == [
+        CancelTimer("call_time"), HangUpClient(), Finished(story.cdr),
+    ]
     assert story.cdr.result == "bridged"
     assert story.cdr.ended_by == "employee"
     assert story.cdr.bridged_seconds == 12.0

@@ -1,11 +1,14 @@
 """Which recording the engine plays: the DID's own prompt first, then its language's."""
 
 import wave
+from pathlib import Path
 
 import pytest
+import yaml
 
 from callbackd.machine import Prompt
 from callbackd.prompts import PromptError, Prompts
+from vpbx.model import LANGUAGES
 
 
 def write_wav(path, seconds):
@@ -43,3 +46,10 @@ def test_prompt_lengths_come_from_the_files(prompts):
 def test_a_missing_language_fails_at_start_naming_the_file(prompts, tmp_path):
     with pytest.raises(PromptError, match=str(tmp_path / "en")):
         prompts.check({"sk", "en"})
+
+
+def test_the_role_speaks_every_prompt_in_every_language_at_deploy():
+    defaults = Path(__file__).resolve().parents[2] / "roles" / "callbackd" / "defaults" / "main.yml"
+    texts = yaml.safe_load(defaults.read_text())["callbackd_prompt_texts"]
+    spoken = {(t["language"], t["name"]) for t in texts}
+    assert spoken == {(language, str(name)) for language in LANGUAGES for name in Prompt}
