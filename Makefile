@@ -53,6 +53,7 @@ bench: venv
 	python bench/callback_latency.py
 	python bench/bridged_callbacks.py
 	python bench/reload.py
+	python bench/flood.py
 
 ## demo: one callback on the lab deploy, told as a story, with its CDR line
 demo: venv
