@@ -310,6 +310,10 @@ class Session:
                     self.client_leg.hang_up()
             case machine.Bridge():
                 log.info("callback %s: employee %s and client bridged", self.id, self.employee)
+            case machine.MuteClient():
+                self.engine.media(self, self.engine.ng.block_media, self.media_call_id, PBX_TAG)
+            case machine.UnmuteClient():
+                self.engine.media(self, self.engine.ng.unblock_media, self.media_call_id, PBX_TAG)
             case machine.Finished(cdr):
                 self.finish(cdr)
 

@@ -36,7 +36,7 @@ class Timer(enum.StrEnum):
     RETRY = "retry"
     PROMPT = "prompt"  # the length of "enter the number"
     DIGITS = "digits"  # inter-digit timeout
-    MESSAGE = "message"  # the length of an error or failure message
+    MESSAGE = "message"  # the length of an error or failure message, or of the bridged call's warning
     CLIENT_RING = "client_ring"
     # A bridged call's time: first up a minute before its limit (the warning), then at it.
     CALL_TIME = "call_time"
@@ -162,6 +162,16 @@ class HangUpClient:
 
 
 @dataclass(frozen=True)
+class MuteClient:
+    """The employee stops hearing the client, so that a prompt played over the bridge is heard alone."""
+
+
+@dataclass(frozen=True)
+class UnmuteClient:
+    """The employee hears the client again."""
+
+
+@dataclass(frozen=True)
 class Bridge:
     """Connect the employee's and the client's media (recording per the DID's settings)."""
 
@@ -197,7 +207,8 @@ class Finished:
 
 
 Command = (StartTimer | CancelTimer | CallEmployee | CancelEmployee | HangUpEmployee | PlayPrompt
-           | StopPrompt | PlayRingback | DialClient | CancelClient | HangUpClient | Bridge | Finished)
+           | StopPrompt | PlayRingback | DialClient | CancelClient | HangUpClient | Bridge | MuteClient
+           | UnmuteClient | Finished)
 
 
 def _iso(ts: float | None) -> str | None:
@@ -275,7 +286,12 @@ class Callback:
                 return self._finish(now, self._result, "engine", HangUpEmployee())
             case (State.BRIDGED, Timer.CALL_TIME) if not self._warned:
                 self._warned = True
-                return [PlayPrompt(Prompt.CALL_ENDING), self._start(Timer.CALL_TIME, CALL_WARNING_S)]
+                # The client goes on hearing the employee; only the employee hears the warning.
+                return [MuteClient(), PlayPrompt(Prompt.CALL_ENDING),
+                        self._start(Timer.MESSAGE, self.prompt_seconds[Prompt.CALL_ENDING]),
+                        self._start(Timer.CALL_TIME, CALL_WARNING_S)]
+            case (State.BRIDGED, Timer.MESSAGE):
+                return [UnmuteClient()]
             case (State.BRIDGED, Timer.CALL_TIME):
                 return self._finish(now, "bridged", "limit", HangUpClient(), HangUpEmployee())
         return []

@@ -284,6 +284,17 @@ class NgClient:
     def stop_media(self, call_id: str, from_tag: str) -> None:
         self.request("stop media", call_id=call_id, from_tag=from_tag)
 
+    def block_media(self, call_id: str, from_tag: str) -> None:
+        """Stop relaying what ``from_tag`` sends (its peer hears nothing of it); ``from_tag`` still hears.
+
+        A file played to the peer meanwhile is heard alone: ``play media``
+        adds its stream beside the relayed one, it does not replace it.
+        """
+        self.request("block media", call_id=call_id, from_tag=from_tag)
+
+    def unblock_media(self, call_id: str, from_tag: str) -> None:
+        self.request("unblock media", call_id=call_id, from_tag=from_tag)
+
     def play_dtmf(self, call_id: str, from_tag: str, digit: str, duration_ms: int | None = None) -> None:
         """Inject one DTMF digit (``0-9*#A-D``) as if ``from_tag`` had sent it.
 

@@ -14,11 +14,13 @@ from callbackd.machine import (
     Finished,
     HangUpClient,
     HangUpEmployee,
+    MuteClient,
     PlayPrompt,
     PlayRingback,
     StartTimer,
     State,
     StopPrompt,
+    UnmuteClient,
 )
 from vpbx import model
 
@@ -576,17 +578,33 @@ def test_the_employee_hanging_up_during_the_goodbye_keeps_the_clients_result():
 # --- how long a bridged call may last -------------------------------------------------
 
 
-def test_a_bridged_call_warns_the_employee_a_minute_before_its_limit():
+def warning_played(story: Story) -> list:
+    """The warning's length passes while call_time runs on (the story's clock follows call_time)."""
+    story.timers.pop("message")
+    return story("on_timer", "message")
+
+
+def test_a_bridged_call_warns_the_employee_alone_a_minute_before_its_limit():
     story = bridged(max_call_minutes=10)
     assert story.timers["call_time"] == 540.0
-    assert story.fire("call_time") == [PlayPrompt("call_ending"), StartTimer("call_time", 60.0)]
+    assert story.fire("call_time") == [
+        MuteClient(), PlayPrompt("call_ending"), StartTimer("message", 2.75), StartTimer("call_time", 60.0),
+    ]
     assert story.machine.state is State.BRIDGED
+
+
+def test_the_employee_hears_the_client_again_once_the_warning_has_played():
+    story = bridged(max_call_minutes=10)
+    story.fire("call_time")
+    assert warning_played(story) == [UnmuteClient()]
+    assert story.timers == {"call_time": 60.0}
 
 
 def test_a_bridged_call_is_ended_at_its_limit_both_legs_hung_up_and_the_cdr_says_limit():
     story = bridged(max_call_minutes=10)
     answered_at = story.now
     story.fire("call_time")
+    warning_played(story)
     assert story.fire("call_time") == [HangUpClient(), HangUpEmployee(), Finished(story.cdr)]
     assert story.cdr.result == "bridged"
     assert story.cdr.ended_by == "limit"
@@ -595,9 +613,18 @@ def test_a_bridged_call_is_ended_at_its_limit_both_legs_hung_up_and_the_cdr_says
     assert story.timers == {}
 
 
+def test_a_hang_up_during_the_warning_stops_both_timers():
+    story = bridged(max_call_minutes=2)
+    story.fire("call_time")
+    out = story("on_client_hangup", after=1.0)
+    assert out == [CancelTimer("call_time"), CancelTimer("message"), HangUpEmployee(), Finished(story.cdr)]
+    assert story.cdr.ended_by == "client"
+
+
 def test_the_limit_is_an_hour_by_default():
     story = bridged()
     story.fire("call_time")
+    warning_played(story)
     story.fire("call_time")
     assert story.cdr.bridged_seconds == 3600.0
 
@@ -613,6 +640,7 @@ def test_a_call_that_ends_before_the_warning_hears_no_warning_and_keeps_who_ende
 def test_a_call_ended_by_a_party_after_the_warning_is_theirs_not_the_limits():
     story = bridged(max_call_minutes=2)
     story.fire("call_time")
+    warning_played(story)
     assert story("on_employee_hangup", after=30.0) == [
         CancelTimer("call_time"), HangUpClient(), Finished(story.cdr),
     ]
