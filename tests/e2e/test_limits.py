@@ -349,6 +349,12 @@ def one_callback_at_a_time(tmp_path: Path) -> Iterator[int]:
         deploy(inventory_dir())
 
 
+def callback_engines() -> int:
+    """How many hosts the inventory puts in callback_engines (its hosts.yml)."""
+    hosts = yaml.safe_load((inventory_dir() / "hosts.yml").read_text())
+    return len(hosts["all"]["children"]["callback_engines"]["hosts"])
+
+
 def rtpengine_max_sessions() -> int:
     out = subprocess.run(["rtpengine-ctl", "--config-file", RTPENGINE_CONFIG, "list", "maxsessions"],
                          capture_output=True, text=True, check=True).stdout
@@ -362,8 +368,8 @@ def test_beyond_the_engines_cap_the_scheme_routes_the_caller_while_the_callback_
     employee, colleague = employees
     settings = callback_did.callback
     cdrs, log = Cdrs(CDR_FILE), Tail(ENGINE_LOG)
-    # RTPengine's own ceiling follows the cap: the one engine at it, and as many routed calls.
-    assert rtpengine_max_sessions() == 2 * one_callback_at_a_time
+    # RTPengine's own ceiling follows the cap: every engine at it, and as many routed calls.
+    assert rtpengine_max_sessions() == one_callback_at_a_time * (callback_engines() + 1)
     policy = {employee: RING, colleague: DECLINE, forward_number: ROUTED}
     with CarrierUas(carrier_ip, trunk_port, policy) as carrier:
         trigger(sipp, pbx_address, carrier_ip, callback_did, employee, settings.reject_code)
