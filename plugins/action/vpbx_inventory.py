@@ -50,5 +50,7 @@ class ActionModule(ActionBase):
                 errors.append(f"{where}: {line}" if where else line)
             result.update(failed=True, msg="The inventory breaks the contract:\n  " + "\n  ".join(errors))
             return result
-        result.update(changed=False, ansible_facts={"vpbx_config": model.dump(config)})
+        # The validated config holds the extensions' passwords and the PINs:
+        # the facts are set, but never shown, not even with -v.
+        result.update(changed=False, ansible_facts={"vpbx_config": model.dump(config)}, _ansible_no_log=True)
         return result
