@@ -52,7 +52,10 @@ def scrub(text: str, passwords: list[str]) -> str:
 def check_diff(inventory: Path, passwords: list[str]) -> str:
     """Everything `ansible-playbook --check --diff` prints for `inventory`; it must succeed."""
     playbook = Path(sys.executable).with_name("ansible-playbook")
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+    # Plain text whatever the caller's environment asks (molecule forces colour):
+    # the statuses are read from it.
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_FORCE_COLOR="0")
     run = subprocess.run(
         [str(playbook), "-i", str(inventory), str(REPO / "playbooks" / "site.yml"), "--check", "--diff"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=PLAYBOOK_TIMEOUT,
