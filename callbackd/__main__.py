@@ -11,6 +11,7 @@ import logging.handlers
 import signal
 import sys
 
+from callbackd import store
 from callbackd.cdr import CdrWriter
 from callbackd.config import SettingsError, load_settings
 from callbackd.engine import Engine
@@ -47,8 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"callbackd: {exc}", file=sys.stderr)
         return 2
 
+    limits = claims = None
+    if settings.state_store:
+        client = store.connect(settings.state_store)
+        limits, claims = store.RedisLimits(client), store.Callbacks(client)
     engine = Engine(settings, routing, config, NgClient(settings.rtpengine_ng),
-                    CdrWriter(settings.cdr_file), prompts)
+                    CdrWriter(settings.cdr_file), prompts, limits=limits, claims=claims)
     sip = SipEndpoint(settings.sip_listen, engine.on_trigger, trusted=settings.trusted_proxies,
                       outbound_proxy=settings.proxy)
     engine.attach(sip)

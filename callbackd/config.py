@@ -28,6 +28,9 @@ class Settings:
     log_file: Path | None
     prompts_dir: Path
     client_ring_timeout: float
+    # Redis shared by the engines (callbackd.store): claims and limits; None
+    # keeps them in this engine's memory (one engine only).
+    state_store: str | None = None
 
 
 def _address(key: str, value: Any) -> Address:
@@ -65,7 +68,7 @@ def load_settings(path: str | Path) -> Settings:
     for key in raw:
         if key not in known:
             raise SettingsError(f"{key}: unknown setting (known: {', '.join(sorted(known))})")
-    missing = sorted(known - set(raw) - {"log_file"})
+    missing = sorted(known - set(raw) - {"log_file", "state_store"})
     if missing:
         raise SettingsError(f"{missing[0]}: is required")
     timeout = raw["client_ring_timeout"]
@@ -84,4 +87,16 @@ def load_settings(path: str | Path) -> Settings:
         log_file=Path(raw["log_file"]) if raw.get("log_file") else None,
         prompts_dir=Path(raw["prompts_dir"]),
         client_ring_timeout=float(timeout),
+        state_store=_store_url("state_store", raw.get("state_store")),
     )
+
+
+STORE_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _store_url(key: str, value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not value.startswith(STORE_SCHEMES):
+        raise SettingsError(f"{key}: must be a Redis URL ({', '.join(STORE_SCHEMES)}...), got {value!r}")
+    return value

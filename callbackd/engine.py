@@ -44,6 +44,7 @@ from callbackd.prompts import Prompts
 from callbackd.recording import convert_recording, find_recording
 from callbackd.rtpengine import BOUND_MEDIA_FLAGS, NgClient, NgError, placeholder_sdp, sdp_audio_endpoint
 from callbackd.sip import Headers, Leg, LegHandler, SipEndpoint
+from callbackd.store import Callbacks, StoreDown
 from callbackd.trigger import BadTrigger, edge_decision
 from vpbx import decide, model
 from vpbx.routing_file import RoutingFile
@@ -58,6 +59,9 @@ NOT_DECIDED = (403, "No Decision Of The Edge", [])
 # Neither carries the accept header: the edge routes the caller by the scheme.
 OVER_LIMIT = (403, "Call-Back Limit Reached", [])
 AT_CAPACITY = (503, "Call-Back Capacity Reached", [])
+# The shared store did not answer: nothing is promised that it cannot hold,
+# and the edge routes the caller by the DID's scheme.
+STORE_DOWN = (503, "State Store Unavailable", [])
 # How long to wait for RTPengine to close a recording after the call's delete.
 RECORDING_WAIT_S = 5.0
 RECORDING_POLL_S = 0.2
@@ -83,8 +87,11 @@ class Engine:
     """Takes triggers, runs sessions, writes CDRs."""
 
     def __init__(self, settings: Settings, routing: RoutingFile, config: model.Config, ng: NgClient,
-                 cdr: CdrWriter, prompts: Prompts, limits: Limits | None = None):
-        """`config`: what `routing` loaded last; `limits`: the call-back counts (default: this engine's)."""
+                 cdr: CdrWriter, prompts: Prompts, limits: Limits | None = None,
+                 claims: Callbacks | None = None):
+        """`config`: what `routing` loaded last; `limits`: the call-back counts (default: this
+        engine's); `claims`: who holds each employee's call-back across engines (default: this
+        engine's sessions alone)."""
         self.settings = settings
         self.routing = routing
         self.router = decide.Router(config)
@@ -98,6 +105,7 @@ class Engine:
         self._rtpengine_ip = _ip(settings.rtpengine_ng[0])
         self._dtmf_refusals = LogLimiter()
         self.limits = limits if limits is not None else MemoryLimits()
+        self.claims = claims
         # A flood at capacity is the caller's to make: its log lines are capped.
         self._capacity_refusals = LogLimiter()
         self._workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="recording")
@@ -161,10 +169,22 @@ class Engine:
             log.info("callback %s: repeated trigger from %s, no second call-back",
                      self.sessions[key].id, employee)
             return accepted
-        refusal = self._refusal(config, did, employee)
+        callback_id = uuid.uuid4().hex[:12]
+        try:
+            holder = self.claims.claim(did.number, employee, callback_id) if self.claims else None
+            if holder is not None:
+                # Another engine (or this one, before a restart) has it in hand.
+                log.info("callback %s: repeated trigger from %s, no second call-back", holder, employee)
+                return accepted
+            refusal = self._refusal(config, did, employee)
+        except StoreDown as exc:
+            log.error("state store down (%s): %s on %s routed by the scheme", exc, employee, did.number)
+            self._release(did.number, employee, callback_id)
+            return STORE_DOWN
         if refusal is not None:
+            self._release(did.number, employee, callback_id)
             return refusal
-        session = Session(self, did, employee)
+        session = Session(self, did, employee, callback_id)
         self.sessions[key] = session
         self._by_media[session.media_call_id] = session
         session.start()
@@ -185,6 +205,15 @@ class Engine:
             log.warning("callback limit: %s on %s: %s, routed by the scheme", employee, did.number, refused)
             return OVER_LIMIT
         return None
+
+    def _release(self, did: str, employee: str, callback_id: str) -> None:
+        """The employee's claim on the DID is free again; a store that is down lets it lapse."""
+        if self.claims is None:
+            return
+        try:
+            self.claims.release(did, employee, callback_id)
+        except StoreDown as exc:
+            log.error("state store down (%s): the claim of callback %s lapses by itself", exc, callback_id)
 
     def on_dtmf_datagram(self, data: bytes, source: tuple[str, int]) -> None:
         if _ip(source[0]) != self._rtpengine_ip:
@@ -228,17 +257,18 @@ class Engine:
 
     def forget(self, session: "Session") -> None:
         self.sessions.pop((session.did.number, session.employee), None)
+        self._release(session.did.number, session.employee, session.id)
         self._by_media.pop(session.media_call_id, None)
 
 
 class Session:
     """One callback: the machine, its two SIP legs, its RTPengine call and timers."""
 
-    def __init__(self, engine: Engine, did: model.Did, employee: str):
+    def __init__(self, engine: Engine, did: model.Did, employee: str, callback_id: str | None = None):
         self.engine = engine
         self.did = did
         self.employee = employee
-        self.id = uuid.uuid4().hex[:12]
+        self.id = callback_id or uuid.uuid4().hex[:12]
         self.media_call_id = f"callback-{self.id}"
         settings = did.callback
         self.language = settings.language

@@ -60,3 +60,19 @@ def test_each_trusted_proxy_must_be_an_ip_address(tmp_path, item):
 def test_unknown_key_is_named(tmp_path):
     with pytest.raises(SettingsError, match=r"^trusted_proxy: unknown setting"):
         load(tmp_path, trusted_proxy=["127.0.0.1"])
+
+
+def test_without_a_state_store_the_engine_keeps_its_state_in_memory(tmp_path):
+    assert load(tmp_path).state_store is None
+    assert load(tmp_path, state_store="").state_store is None
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "unix:///run/redis/redis.sock"])
+def test_a_state_store_is_a_redis_url(tmp_path, url):
+    assert load(tmp_path, state_store=url).state_store == url
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:6379", "http://redis", 6379])
+def test_a_state_store_that_is_no_redis_url_is_named(tmp_path, url):
+    with pytest.raises(SettingsError, match="^state_store: must be a Redis URL"):
+        load(tmp_path, state_store=url)

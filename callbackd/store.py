@@ -1,0 +1,151 @@
+"""What the callback engines share and must not forget, in Redis.
+
+One engine's memory is not enough once there are several engines (a second
+engine would call the same employee back again, and let the last call-back
+of a limit through twice) or once an engine can die (it would forget the
+call-backs it owes). Redis holds both; each check-and-change is one Lua
+script, which Redis runs atomically, so no timing of two engines makes two
+call-backs.
+
+Keys, all under `vpbx:`:
+
+* `limits:<did>:<employee>`: sorted set of the call-backs placed, scored by
+  epoch seconds; read by `RedisLimits.admit` (callbackd.limits' interface);
+* `claim:<did>:<employee>`: the id of the callback that holds this employee
+  on this DID (a repeated trigger makes no second call-back), with a TTL;
+* `callback:<id>`: the callback's record (JSON), written at each transition;
+  `owed` is the sorted set of the ids still in progress, scored by when the
+  record was written, so a restarted engine finds what it owes.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import redis
+
+from callbackd.limits import DAY_S, HOUR_S, Refused
+
+PREFIX = "vpbx:"
+# A claim outlives any callback (ring, retries, digits, the longest call) and
+# then lapses by itself, so an engine that died holding one blocks nobody forever.
+CLAIM_TTL_S = 26 * 3600
+# Redis answers on loopback or the hosts' internal network; a store that does
+# not answer within this is taken as down (see callbackd.engine: the trigger is
+# then routed by the DID's scheme, never dialled unchecked).
+SOCKET_TIMEOUT_S = 0.5
+
+_ADMIT = """
+local key = KEYS[1]
+local now, hour, day = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_hour, max_day, member = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - day)
+local in_day = redis.call('ZCARD', key)
+if in_day >= max_day then return {in_day, 'day'} end
+local in_hour = redis.call('ZCOUNT', key, '(' .. (now - hour), '+inf')
+if in_hour >= max_hour then return {in_hour, 'hour'} end
+redis.call('ZADD', key, now, member)
+redis.call('EXPIRE', key, math.ceil(day))
+return {0, ''}
+"""
+
+# Release a claim only if this callback still holds it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class StoreDown(Exception):
+    """Redis did not answer: the caller degrades safely (routes by the scheme, dials nothing)."""
+
+
+def connect(url: str) -> redis.Redis:
+    """A client for `url` (redis://host:port/db or unix:///path), with short timeouts."""
+    return redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_S,
+                                socket_connect_timeout=SOCKET_TIMEOUT_S, decode_responses=True)
+
+
+def _key(*parts: str) -> str:
+    return PREFIX + ":".join(parts)
+
+
+class RedisLimits:
+    """The per-hour and per-day counts of every engine, checked and counted in one step."""
+
+    def __init__(self, client: redis.Redis):
+        self._admit = client.register_script(_ADMIT)
+
+    def admit(self, did: str, employee: str, max_per_hour: int, max_per_day: int,
+              now: float) -> Refused | None:
+        member = f"{now:.6f}:{uuid.uuid4().hex[:8]}"
+        try:
+            count, window = self._admit(keys=[_key("limits", did, employee)],
+                                        args=[now, HOUR_S, DAY_S, max_per_hour, max_per_day, member])
+        except redis.RedisError as exc:
+            raise StoreDown(str(exc)) from exc
+        if not window:
+            return None
+        maximum = max_per_day if window == "day" else max_per_hour
+        return Refused(int(count), window, maximum)
+
+
+class Callbacks:
+    """Who holds an employee's call-back, and the records of the call-backs in progress."""
+
+    def __init__(self, client: redis.Redis):
+        self._client = client
+        self._release = client.register_script(_RELEASE)
+
+    def claim(self, did: str, employee: str, callback_id: str) -> str | None:
+        """Take `employee` on `did` for `callback_id`; None when taken, else the id that holds it."""
+        key = _key("claim", did, employee)
+        try:
+            if self._client.set(key, callback_id, nx=True, ex=CLAIM_TTL_S):
+                return None
+            return self._client.get(key) or ""
+        except redis.RedisError as exc:
+            raise StoreDown(str(exc)) from exc
+
+    def release(self, did: str, employee: str, callback_id: str) -> None:
+        try:
+            self._release(keys=[_key("claim", did, employee)], args=[callback_id])
+        except redis.RedisError as exc:
+            raise StoreDown(str(exc)) from exc
+
+    def save(self, callback_id: str, record: dict[str, Any], now: float) -> None:
+        """The callback's record as it is now; the engine writes it at each transition."""
+        try:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.set(_key("callback", callback_id), json.dumps(record, sort_keys=True), ex=CLAIM_TTL_S)
+                pipe.zadd(_key("owed"), {callback_id: now})
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreDown(str(exc)) from exc
+
+    def forget(self, callback_id: str) -> None:
+        """A callback that ended (its CDR written) is owed no more."""
+        try:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.delete(_key("callback", callback_id))
+                pipe.zrem(_key("owed"), callback_id)
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreDown(str(exc)) from exc
+
+    def owed(self) -> dict[str, dict[str, Any]]:
+        """Every record still in progress, by id (a record that lapsed is dropped from the index)."""
+        try:
+            ids = self._client.zrange(_key("owed"), 0, -1)
+            records = self._client.mget([_key("callback", i) for i in ids]) if ids else []
+        except redis.RedisError as exc:
+            raise StoreDown(str(exc)) from exc
+        found = {}
+        for callback_id, raw in zip(ids, records, strict=True):
+            if raw is None:
+                self._client.zrem(_key("owed"), callback_id)
+                continue
+            found[callback_id] = json.loads(raw)
+        return found
