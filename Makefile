@@ -54,6 +54,7 @@ bench: venv
 	python bench/bridged_callbacks.py
 	python bench/reload.py
 	python bench/flood.py
+	python bench/recovery.py
 
 ## demo: one callback on the lab deploy, told as a story, with its CDR line
 demo: venv

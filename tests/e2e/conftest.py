@@ -158,13 +158,15 @@ def pbx_answers(pbx_address: model.HostPort, stranger_ip: str) -> None:
         unavailable(f"no PBX answers SIP OPTIONS at {pbx_address} (vpbx_sip_listen of {inventory_dir()})")
 
 
-def sip_options(target: model.HostPort, source_ip: str) -> str | None:
-    """Send OPTIONS from source_ip; the status line of the answer, or None if nothing answers."""
+def sip_options(target: model.HostPort, source_ip: str, tries: int = OPTIONS_TRIES,
+                wait: float = OPTIONS_WAIT) -> str | None:
+    """Send OPTIONS from source_ip (`tries` times, `wait` s each); the status line of the answer,
+    or None if nothing answers."""
     call_id = uuid.uuid4().hex
     family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.bind((source_ip if family == socket.AF_INET else "::1", 0))
-        sock.settimeout(OPTIONS_WAIT)
+        sock.settimeout(wait)
         here = sock.getsockname()
         local = f"[{here[0]}]:{here[1]}" if family == socket.AF_INET6 else f"{here[0]}:{here[1]}"
         request = (
@@ -177,7 +179,7 @@ def sip_options(target: model.HostPort, source_ip: str) -> str | None:
             "Max-Forwards: 70\r\n"
             "Content-Length: 0\r\n\r\n"
         ).encode()
-        for _ in range(OPTIONS_TRIES):
+        for _ in range(tries):
             sock.sendto(request, (target.host, target.port))
             try:
                 while True:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import services
 from conftest import inventory_dir
 from peers import callee_keys, caller_keys
 from rtp_pcap import dtmf_then_tone_pcap, tone_pcap
@@ -23,7 +24,6 @@ from vpbx import model
 
 CDR_FILE = Path("/var/log/vpbx/cdr.jsonl")
 PROMPTS_DIR = Path("/var/lib/vpbx/prompts")
-CALLBACKD_INIT = "callbackd"
 EMPLOYEE_SSRC = 0xE0E0E0E0
 CLIENT_SSRC = 0xC1C1C1C1
 CLIENT_NUMBER = "0905123456"  # as the employee types it
@@ -175,7 +175,7 @@ def test_repeated_trigger_makes_one_call_back(
 def test_listed_caller_is_routed_by_the_scheme_when_the_engine_is_down(
     sipp, pbx_address, carrier_ip, trunk_port, callback_did, listed_caller, forward_number,
 ):
-    subprocess.run(["service", CALLBACKD_INIT, "stop"], check=True, capture_output=True)
+    services.stop(services.CALLBACKD)
     try:
         far_end = sipp.start_uas("callee.xml", carrier_ip, trunk_port,
                                  callee_keys("answer", user=forward_number), timeout=30)
@@ -183,7 +183,7 @@ def test_listed_caller_is_routed_by_the_scheme_when_the_engine_is_down(
                      caller_keys(callback_did.number, listed_caller), timeout=30)
         far_end.expect_success()
     finally:
-        subprocess.run(["service", CALLBACKD_INIT, "start"], check=True, capture_output=True)
+        services.start(services.CALLBACKD)
         time.sleep(3)  # the edge's next OPTIONS probe finds the engine again
 
 

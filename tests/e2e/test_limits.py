@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import services
 import yaml
 from carrier_uas import RING, CarrierUas
 from conftest import REPO, inventory_dir, sip_options
@@ -43,7 +44,6 @@ CDR_FILE = Path("/var/log/vpbx/cdr.jsonl")
 ENGINE_LOG = Path("/var/log/vpbx/callbackd.log")
 PROJECT_VARS = REPO / "playbooks" / "group_vars" / "all.yml"
 KAMAILIO_DEFAULTS = REPO / "roles" / "kamailio" / "defaults" / "main.yml"
-CALLBACKD_INIT = "callbackd"
 CALLBACKD_ROUTING_TASK = ("TASK [callbackd : Render the routing data from the validated inventory, "
                           "without the extensions]")
 RTPENGINE_CONFIG = "/etc/rtpengine/rtpengine.conf"
@@ -173,8 +173,7 @@ def wait_until_the_edge_hands_triggers_to_the_engine(edge: model.HostPort) -> No
 @pytest.fixture(scope="module", autouse=True)
 def counts_from_zero(pbx_address: model.HostPort) -> None:
     """Restart callbackd: its call-back counts (in memory) start again from zero."""
-    subprocess.run(["service", CALLBACKD_INIT, "stop"], check=True, capture_output=True)
-    subprocess.run(["service", CALLBACKD_INIT, "start"], check=True, capture_output=True)
+    services.restart(services.CALLBACKD)
     wait_until_the_edge_hands_triggers_to_the_engine(pbx_address)
 
 
