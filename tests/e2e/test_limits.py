@@ -17,11 +17,9 @@ those that answer and type are SIPp's far_end.xml.
 """
 
 import json
-import os
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +32,7 @@ from conftest import REPO, inventory_dir, sip_options
 from peers import caller_keys
 from rtp_pcap import tone_pcap
 from test_callback import CLIENT_E164, CLIENT_NUMBER, EMPLOYEE_SSRC, far_end_keys
+from test_reload import deploy
 from test_secrets import KAMAILIO_ROUTING_TASK, assert_not_shown, check_diff, task_status
 from wire import Capture
 
@@ -54,7 +53,6 @@ ROUTED = 480
 CLIENT_SSRC = 0xC1C1C1C1
 # Generous: waits end when the event comes, these only bound a failure.
 EVENT_WAIT = 60.0
-PLAYBOOK_TIMEOUT = 900
 
 
 # -- what the tests read -----------------------------------------------------------------
@@ -315,14 +313,6 @@ def test_a_bridged_call_is_warned_then_ended_at_the_dids_max_call_minutes(
 
 
 # -- vpbx_callback_max_concurrent (a deployed copy of the inventory) --------------------------
-
-
-def deploy(inventory: Path) -> None:
-    playbook = Path(sys.executable).with_name("ansible-playbook")
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
-    run = subprocess.run([str(playbook), "-i", str(inventory), str(REPO / "playbooks" / "site.yml")],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=PLAYBOOK_TIMEOUT)
-    assert run.returncode == 0, f"playbook failed:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
 
 
 def edited_copy(tmp_path: Path, edit: Callable[[dict], bool]) -> Path:

@@ -74,5 +74,5 @@ def test_a_state_store_is_a_redis_url(tmp_path, url):
 
 @pytest.mark.parametrize("url", ["127.0.0.1:6379", "http://redis", 6379])
 def test_a_state_store_that_is_no_redis_url_is_named(tmp_path, url):
-    with pytest.raises(SettingsError, match="^state_store: must be a Redis URL"):
+    with pytest.raises(SettingsError, match=r"^state_store: must be a Redis URL"):
         load(tmp_path, state_store=url)
