@@ -44,7 +44,7 @@ from callbackd.prompts import Prompts
 from callbackd.recording import convert_recording, find_recording
 from callbackd.rtpengine import BOUND_MEDIA_FLAGS, NgClient, NgError, placeholder_sdp, sdp_audio_endpoint
 from callbackd.sip import Headers, Leg, LegHandler, SipEndpoint
-from callbackd.store import Callbacks, StoreDown
+from callbackd.store import CLAIM_RENEW_S, Callbacks, StoreDown
 from callbackd.trigger import BadTrigger, edge_decision
 from vpbx import decide, model
 from vpbx.routing_file import RoutingFile
@@ -106,6 +106,8 @@ class Engine:
         self._dtmf_refusals = LogLimiter()
         self.limits = limits if limits is not None else MemoryLimits()
         self.claims = claims
+        # This engine's name in the shared claims: its SIP address is unique among engines.
+        self.name = "{}:{}".format(*settings.sip_listen)
         # A flood at capacity is the caller's to make: its log lines are capped.
         self._capacity_refusals = LogLimiter()
         self._workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="recording")
@@ -117,6 +119,23 @@ class Engine:
     def attach(self, sip: SipEndpoint) -> None:
         self.sip = sip
         sip.call_later(MEDIA_CHECK_S, self._check_media)
+        if self.claims is not None:
+            try:
+                dropped = self.claims.drop_engine(self.name)
+                if dropped:
+                    log.warning("%d claims this engine held before it restarted released", dropped)
+            except StoreDown as exc:
+                log.error("state store down (%s): earlier claims lapse by themselves", exc)
+            sip.call_later(CLAIM_RENEW_S, self._renew_claims)
+
+    def _renew_claims(self) -> None:
+        """Keep the leases of the callbacks in progress; a dead engine's lapse by themselves."""
+        try:
+            for session in list(self.sessions.values()):
+                self.claims.renew(session.did.number, session.employee, self._token(session.id))
+        except StoreDown as exc:
+            log.error("state store down (%s): claims not renewed", exc)
+        self.sip.call_later(CLAIM_RENEW_S, self._renew_claims)
 
     def _check_media(self) -> None:
         """Ask RTPengine, for every bridged callback, whether media still flows."""
@@ -171,9 +190,11 @@ class Engine:
             return accepted
         callback_id = uuid.uuid4().hex[:12]
         try:
-            holder = self.claims.claim(did.number, employee, callback_id) if self.claims else None
+            holder = None
+            if self.claims is not None:
+                holder = self.claims.claim(did.number, employee, self._token(callback_id))
             if holder is not None:
-                # Another engine (or this one, before a restart) has it in hand.
+                # Another engine has it in hand.
                 log.info("callback %s: repeated trigger from %s, no second call-back", holder, employee)
                 return accepted
             refusal = self._refusal(config, did, employee)
@@ -206,12 +227,16 @@ class Engine:
             return OVER_LIMIT
         return None
 
+    def _token(self, callback_id: str) -> str:
+        """What this engine's claim on a callback holds: its own name first (see store.drop_engine)."""
+        return f"{self.name}/{callback_id}"
+
     def _release(self, did: str, employee: str, callback_id: str) -> None:
         """The employee's claim on the DID is free again; a store that is down lets it lapse."""
         if self.claims is None:
             return
         try:
-            self.claims.release(did, employee, callback_id)
+            self.claims.release(did, employee, self._token(callback_id))
         except StoreDown as exc:
             log.error("state store down (%s): the claim of callback %s lapses by itself", exc, callback_id)
 

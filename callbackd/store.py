@@ -12,7 +12,8 @@ Keys, all under `vpbx:`:
 * `limits:<did>:<employee>`: sorted set of the call-backs placed, scored by
   epoch seconds; read by `RedisLimits.admit` (callbackd.limits' interface);
 * `claim:<did>:<employee>`: the id of the callback that holds this employee
-  on this DID (a repeated trigger makes no second call-back), with a TTL;
+  on this DID (a repeated trigger makes no second call-back), a lease its
+  engine renews while the callback lasts;
 * `callback:<id>`: the callback's record (JSON), written at each transition;
   `owed` is the sorted set of the ids still in progress, scored by when the
   record was written, so a restarted engine finds what it owes.
@@ -29,9 +30,13 @@ import redis
 from callbackd.limits import DAY_S, HOUR_S, Refused
 
 PREFIX = "vpbx:"
-# A claim outlives any callback (ring, retries, digits, the longest call) and
-# then lapses by itself, so an engine that died holding one blocks nobody forever.
-CLAIM_TTL_S = 26 * 3600
+# A claim is a lease: the engine holding it renews it (Engine renews every
+# CLAIM_RENEW_S), so one that died blocks its employees for this long at most.
+CLAIM_TTL_S = 120
+CLAIM_RENEW_S = 30
+# A callback's record outlives any callback (ring, retries, digits, the
+# longest call) and then lapses by itself.
+RECORD_TTL_S = 26 * 3600
 # Redis answers on loopback or the hosts' internal network; a store that does
 # not answer within this is taken as down (see callbackd.engine: the trigger is
 # then routed by the DID's scheme, never dialled unchecked).
@@ -51,9 +56,13 @@ redis.call('EXPIRE', key, math.ceil(day))
 return {0, ''}
 """
 
-# Release a claim only if this callback still holds it.
+# Release, or renew, a claim only if this callback still holds it.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
 
@@ -98,6 +107,7 @@ class Callbacks:
     def __init__(self, client: redis.Redis):
         self._client = client
         self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(_RENEW)
 
     def claim(self, did: str, employee: str, callback_id: str) -> str | None:
         """Take `employee` on `did` for `callback_id`; None when taken, else the id that holds it."""
@@ -115,11 +125,35 @@ class Callbacks:
         except redis.RedisError as exc:
             raise StoreDown(str(exc)) from exc
 
+    def renew(self, did: str, employee: str, callback_id: str) -> bool:
+        """Extend the lease of a claim this callback holds; False when it lapsed or is another's."""
+        try:
+            return bool(self._renew(keys=[_key("claim", did, employee)], args=[callback_id, CLAIM_TTL_S]))
+        except redis.RedisError as exc:
+            raise StoreDown(str(exc)) from exc
+
+    def drop_engine(self, engine: str) -> int:
+        """Release every claim an engine held before it restarted; how many.
+
+        Claim ids start with the engine's name (`<engine>/<callback>`). Until
+        an engine resumes what it owed, a claim it lost would make a repeated
+        trigger look served while nobody calls back.
+        """
+        dropped = 0
+        try:
+            for key in self._client.scan_iter(match=_key("claim", "*")):
+                holder = self._client.get(key)
+                if holder is not None and holder.startswith(f"{engine}/"):
+                    dropped += self._release(keys=[key], args=[holder])
+        except redis.RedisError as exc:
+            raise StoreDown(str(exc)) from exc
+        return dropped
+
     def save(self, callback_id: str, record: dict[str, Any], now: float) -> None:
         """The callback's record as it is now; the engine writes it at each transition."""
         try:
             with self._client.pipeline(transaction=True) as pipe:
-                pipe.set(_key("callback", callback_id), json.dumps(record, sort_keys=True), ex=CLAIM_TTL_S)
+                pipe.set(_key("callback", callback_id), json.dumps(record, sort_keys=True), ex=RECORD_TTL_S)
                 pipe.zadd(_key("owed"), {callback_id: now})
                 pipe.execute()
         except redis.RedisError as exc:

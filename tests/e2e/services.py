@@ -27,6 +27,7 @@ KAMAILIO = "kamailio"
 RTPENGINE = "rtpengine-daemon"
 CALLBACKD = "callbackd"
 RSYSLOG = "rsyslog"
+REDIS = "redis-server"
 COMMAND_TIMEOUT = 60
 
 

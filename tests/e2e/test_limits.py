@@ -9,8 +9,9 @@ under the limit) is served as before.
 The lab inventory gives the limits DIDs of their own with small values
 (max_per_hour 3; a PIN and max_call_minutes 2), so the suite needs no
 deploy except for the engine's concurrency cap, which is tried on a deployed
-copy of the inventory and put back after. The counts live in the engine's
-memory: the module restarts callbackd once so that they start from zero.
+copy of the inventory and put back after. The counts live in the engines'
+store (Redis): the module clears them and restarts callbackd once, so that
+they start from zero.
 
 Carrier-side phones that only refuse or ring are `carrier_uas.CarrierUas`;
 those that answer and type are SIPp's far_end.xml.
@@ -36,6 +37,7 @@ from test_reload import deploy
 from test_secrets import KAMAILIO_ROUTING_TASK, assert_not_shown, check_diff, task_status
 from wire import Capture
 
+from callbackd import store
 from callbackd.recording import udp_datagrams
 from vpbx import model
 
@@ -53,6 +55,7 @@ ROUTED = 480
 CLIENT_SSRC = 0xC1C1C1C1
 # Generous: waits end when the event comes, these only bound a failure.
 EVENT_WAIT = 60.0
+CALLBACKD_SETTINGS = Path("/etc/vpbx/callbackd.json")
 
 
 # -- what the tests read -----------------------------------------------------------------
@@ -170,7 +173,13 @@ def wait_until_the_edge_hands_triggers_to_the_engine(edge: model.HostPort) -> No
 
 @pytest.fixture(scope="module", autouse=True)
 def counts_from_zero(pbx_address: model.HostPort) -> None:
-    """Restart callbackd: its call-back counts (in memory) start again from zero."""
+    """The call-back counts start again from zero: cleared in the engines' Redis, and
+    callbackd restarted (an engine without a state store keeps them in memory)."""
+    url = json.loads(CALLBACKD_SETTINGS.read_text()).get("state_store")
+    if url:
+        client = store.connect(url)
+        for key in client.scan_iter(match=f"{store.PREFIX}limits:*"):
+            client.delete(key)
     services.restart(services.CALLBACKD)
     wait_until_the_edge_hands_triggers_to_the_engine(pbx_address)
 

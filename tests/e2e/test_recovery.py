@@ -11,6 +11,7 @@ How soon each service is back is measured in bench/recovery.py, not here:
 the waits below end when the service answers and only bound a failure.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ import services
 from peers import callee_keys, caller_keys
 from test_limits import wait_until_the_edge_hands_triggers_to_the_engine
 
+from callbackd import store
 from vpbx import model
 
 KAMAILIO_PIDFILE = Path("/run/kamailio/kamailio.pid")
@@ -34,6 +36,9 @@ POLL = 0.2
 CALL_TIMEOUT = 30
 # Trigger, delay, prompt, the wait for digits: a call-back nobody answers by keys.
 CALLBACK_TIMEOUT = 40
+CALLBACKD_SETTINGS = Path("/etc/vpbx/callbackd.json")
+# Redis writes its append-only file once a second (state_store_appendfsync).
+APPEND_FSYNC_S = 2.0
 
 
 def kill_outright(name: str) -> int:
@@ -156,3 +161,40 @@ def test_killed_rsyslog_comes_back_and_writes_kamailios_next_decisions(
     wait_until("the call's decision is written",
                lambda: f"caller={unlisted_caller} ruri={callback_did.number}" in
                log.read_bytes()[since:].decode(errors="replace"))
+
+
+def test_killed_redis_comes_back_with_the_limits_counts_and_the_employee_is_called_back(
+    sipp, pbx_address, carrier_ip, trunk_port, callback_did, listed_caller,
+):
+    url = json.loads(CALLBACKD_SETTINGS.read_text()).get("state_store")
+    if not url:
+        pytest.skip("callbackd keeps its state in memory (no state_store)")
+    key = f"{store.PREFIX}limits:{callback_did.number}:{listed_caller}"
+
+    def called_back() -> None:
+        employee = sipp.start_uas("callee.xml", carrier_ip, trunk_port,
+                                  callee_keys("answer", user=listed_caller, caller=callback_did.number),
+                                  timeout=CALLBACK_TIMEOUT)
+        keys = caller_keys(callback_did.number, listed_caller)
+        keys["code"] = callback_did.callback.reject_code
+        sipp.run_uac("carrier_call_rejected.xml", carrier_ip, str(pbx_address), keys, timeout=CALL_TIMEOUT)
+        employee.expect_success()
+
+    called_back()
+    counted = store.connect(url).zcard(key)
+    assert counted >= 1
+    # Past Redis's appendfsync (everysec): what was counted is on disk.
+    time.sleep(APPEND_FSYNC_S)
+    killed = kill_outright(services.REDIS)
+    wait_until("Redis runs again", runs_again(services.REDIS, killed))
+    wait_until("Redis answers", lambda: _pings(url))
+    assert store.connect(url).zcard(key) >= counted
+    called_back()
+    assert store.connect(url).zcard(key) >= counted + 1
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(store.connect(url).ping())
+    except Exception:
+        return False

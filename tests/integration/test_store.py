@@ -120,6 +120,15 @@ def test_one_claim_per_employee_and_did_whichever_engine_asks_first(redis_url):
     assert engines[1].claim(DID, COLLEAGUE, "cb-3") is None
 
 
+def test_only_the_holder_renews_its_lease(redis_url):
+    callbacks = Callbacks(connect(redis_url))
+    assert callbacks.claim(DID, EMPLOYEE, "cb-1") is None
+    assert callbacks.renew(DID, EMPLOYEE, "cb-1") is True
+    assert callbacks.renew(DID, EMPLOYEE, "cb-2") is False
+    callbacks.release(DID, EMPLOYEE, "cb-1")
+    assert callbacks.renew(DID, EMPLOYEE, "cb-1") is False
+
+
 def test_a_record_saved_by_one_engine_is_owed_until_forgotten(redis_url):
     writer, reader = Callbacks(connect(redis_url)), Callbacks(connect(redis_url))
     writer.save("cb-1", {"state": "waiting", "due_at": 12.5}, now=1.0)
@@ -217,3 +226,18 @@ def test_with_the_store_down_the_trigger_is_routed_by_the_scheme_and_nothing_is_
     engine = engine_on(f"unix://{tmp_path / 'nobody.sock'}", tmp_path)
     assert on_trigger(engine) == STORE_DOWN
     assert engine.sessions == {}
+
+
+def test_a_restarted_engine_releases_the_claims_it_held_and_no_other_engines(redis_url, tmp_path):
+    # Until an engine resumes what it owed, a claim it lost would make the
+    # employee's next trigger look served while nobody calls back.
+    before, other = engine_on(redis_url, tmp_path), engine_on(redis_url, tmp_path)
+    other.name = "127.0.0.2:5070"
+    on_trigger(before)
+    on_trigger(other, COLLEAGUE)
+    restarted = engine_on(redis_url, tmp_path)
+    restarted.attach(_Reactor())
+    assert ACCEPT_HEADER in on_trigger(restarted)[2] and (DID, EMPLOYEE) in restarted.sessions
+    # The colleague's call-back, on the other engine, is still that engine's.
+    assert ACCEPT_HEADER in on_trigger(restarted, COLLEAGUE)[2]
+    assert (DID, COLLEAGUE) not in restarted.sessions
