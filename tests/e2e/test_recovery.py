@@ -98,6 +98,21 @@ def call_goes_through(sipp, pbx_address, carrier_ip, trunk_port, callback_did, u
                                        unlisted_caller, forward_number, media_relay_ip)
 
 
+@pytest.fixture
+def listed_caller_is_called_back(sipp, pbx_address, carrier_ip, trunk_port, callback_did,
+                                 listed_caller) -> Callable[[], None]:
+    """A listed caller's trigger is refused unanswered and the employee's mobile is called back."""
+    def called_back() -> None:
+        employee = sipp.start_uas("callee.xml", carrier_ip, trunk_port,
+                                  callee_keys("answer", user=listed_caller, caller=callback_did.number),
+                                  timeout=CALLBACK_TIMEOUT)
+        keys = caller_keys(callback_did.number, listed_caller)
+        keys["code"] = callback_did.callback.reject_code
+        sipp.run_uac("carrier_call_rejected.xml", carrier_ip, str(pbx_address), keys, timeout=CALL_TIMEOUT)
+        employee.expect_success()
+    return called_back
+
+
 def test_killed_kamailio_comes_back_alone_answers_sip_and_a_call_goes_through(
     pbx_address, stranger_ip, call_goes_through,
 ):
@@ -120,7 +135,7 @@ def test_killed_rtpengine_comes_back_answers_ng_and_a_call_goes_through_with_med
 
 
 def test_killed_callbackd_comes_back_answers_the_edge_and_calls_the_employee_back(
-    sipp, pbx_address, carrier_ip, trunk_port, callback_did, listed_caller, call_goes_through,
+    pbx_address, listed_caller_is_called_back, call_goes_through,
 ):
     engine = health.project_address("callbackd_sip_listen")
     killed = kill_outright(services.CALLBACKD)
@@ -129,13 +144,7 @@ def test_killed_callbackd_comes_back_answers_the_edge_and_calls_the_employee_bac
                lambda: health.callbackd_answers(engine, pbx_address))
     wait_until_the_edge_hands_triggers_to_the_engine(pbx_address)
     # The listed caller's trigger is handed to the engine again, which calls back.
-    employee = sipp.start_uas("callee.xml", carrier_ip, trunk_port,
-                              callee_keys("answer", user=listed_caller, caller=callback_did.number),
-                              timeout=CALLBACK_TIMEOUT)
-    keys = caller_keys(callback_did.number, listed_caller)
-    keys["code"] = callback_did.callback.reject_code
-    sipp.run_uac("carrier_call_rejected.xml", carrier_ip, str(pbx_address), keys, timeout=CALL_TIMEOUT)
-    employee.expect_success()
+    listed_caller_is_called_back()
     call_goes_through()
 
 
@@ -164,23 +173,14 @@ def test_killed_rsyslog_comes_back_and_writes_kamailios_next_decisions(
 
 
 def test_killed_redis_comes_back_with_the_limits_counts_and_the_employee_is_called_back(
-    sipp, pbx_address, carrier_ip, trunk_port, callback_did, listed_caller,
+    callback_did, listed_caller, listed_caller_is_called_back,
 ):
     url = json.loads(CALLBACKD_SETTINGS.read_text()).get("state_store")
     if not url:
         pytest.skip("callbackd keeps its state in memory (no state_store)")
     key = f"{store.PREFIX}limits:{callback_did.number}:{listed_caller}"
 
-    def called_back() -> None:
-        employee = sipp.start_uas("callee.xml", carrier_ip, trunk_port,
-                                  callee_keys("answer", user=listed_caller, caller=callback_did.number),
-                                  timeout=CALLBACK_TIMEOUT)
-        keys = caller_keys(callback_did.number, listed_caller)
-        keys["code"] = callback_did.callback.reject_code
-        sipp.run_uac("carrier_call_rejected.xml", carrier_ip, str(pbx_address), keys, timeout=CALL_TIMEOUT)
-        employee.expect_success()
-
-    called_back()
+    listed_caller_is_called_back()
     counted = store.connect(url).zcard(key)
     assert counted >= 1
     # Past Redis's appendfsync (everysec): what was counted is on disk.
@@ -189,7 +189,7 @@ def test_killed_redis_comes_back_with_the_limits_counts_and_the_employee_is_call
     wait_until("Redis runs again", runs_again(services.REDIS, killed))
     wait_until("Redis answers", lambda: _pings(url))
     assert store.connect(url).zcard(key) >= counted
-    called_back()
+    listed_caller_is_called_back()
     assert store.connect(url).zcard(key) >= counted + 1
 
 
