@@ -35,6 +35,15 @@ class CdrWriter:
         self.path = Path(path)
         self._lock = threading.Lock()
 
+    def written(self, callback_id: str) -> bool:
+        """Whether the CDR of `callback_id` is in the file already (a restarted engine asks)."""
+        needle = encode_line({"id": callback_id})[1:-2]
+        try:
+            with self.path.open("rb") as f:
+                return any(needle in line for line in f)
+        except FileNotFoundError:
+            return False
+
     def write(self, record: Mapping[str, Any]) -> None:
         """Append ``record`` (the engine passes ``cdr.to_json_dict()``).
 

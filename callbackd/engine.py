@@ -21,6 +21,16 @@ will not call back (an employee over the DID's max_per_hour/max_per_day, or
 the engine at vpbx_callback_max_concurrent) is refused without the accept
 header, so the edge routes the caller by the DID's scheme, never drops it.
 
+What the engine promised outlives it (with a state store): each callback's
+record (the machine's snapshot, when its timers are due, each leg's SIP
+dialog or unanswered INVITE, the media ids) is saved at each transition and
+dropped once its CDR is written. A restarted engine resumes its records
+(`Engine.attach`): an owed call-back is placed, late; a bridged call goes on
+(RTPengine still holds its media) and a BYE from either side still ends the
+other; the digits stage ends on both legs with `ended_by: engine_restart`
+(callbackd.machine.Callback.restarted); a CDR decided but not yet written is
+written, never twice.
+
 Trust: triggers come only from the SIP edges (callbackd.sip), carrying the
 edge's decision exactly once; RFC 4733 digits count only in datagrams from
 RTPengine's address and only when RTPengine saw them come from the
@@ -110,6 +120,7 @@ class Engine:
         self.name = "{}:{}".format(*settings.sip_listen)
         # A flood at capacity is the caller's to make: its log lines are capped.
         self._capacity_refusals = LogLimiter()
+        self._store_refusals = LogLimiter()
         self._workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="recording")
         # Prompts, ringback and deletes go to RTPengine in order on one thread of
         # their own: opening a WAV takes RTPengine milliseconds, and with many
@@ -117,16 +128,69 @@ class Engine:
         self._media = ThreadPoolExecutor(max_workers=1, thread_name_prefix="media")
 
     def attach(self, sip: SipEndpoint) -> None:
+        """Serve on `sip`: first take up what this engine owed before it restarted."""
         self.sip = sip
         sip.call_later(MEDIA_CHECK_S, self._check_media)
         if self.claims is not None:
             try:
-                dropped = self.claims.drop_engine(self.name)
+                resumed = self._resume()
+                dropped = self.claims.drop_engine(self.name, keep={self._token(i) for i in resumed})
                 if dropped:
                     log.warning("%d claims this engine held before it restarted released", dropped)
             except StoreDown as exc:
-                log.error("state store down (%s): earlier claims lapse by themselves", exc)
+                log.error("state store down (%s): nothing resumed, earlier claims lapse by themselves", exc)
             sip.call_later(CLAIM_RENEW_S, self._renew_claims)
+
+    def _resume(self) -> list[str]:
+        """Resume the callbacks this engine saved before it restarted; their ids."""
+        resumed = []
+        for callback_id, record in self.claims.owed().items():
+            if record.get("engine") != self.name:
+                continue
+            try:
+                session = Session.resumed(self, record)
+            except Exception:
+                # A record this engine cannot read is dropped, never retried at every start.
+                log.exception("callback %s: record not resumed, dropped", callback_id)
+                self._forget_record(callback_id)
+                continue
+            resumed.append(callback_id)
+            if session.machine.state is machine.State.DONE:
+                # Ended before the restart: what is left is its media, recording and CDR.
+                session.complete(session.machine.cdr)
+                continue
+            self.sessions[(session.did.number, session.employee)] = session
+            self._by_media[session.media_call_id] = session
+            # Its claim may have lapsed while the engine was down: held again, unless taken meanwhile.
+            holder = self.claims.claim(session.did.number, session.employee, self._token(callback_id))
+            if holder not in (None, self._token(callback_id)):
+                log.warning("callback %s: %s on %s was triggered again meanwhile (%s)", callback_id,
+                            session.employee, session.did.number, holder)
+            session.feed("restarted")
+        if resumed:
+            log.warning("resumed %d callbacks this engine had in progress before it restarted", len(resumed))
+        return resumed
+
+    def persist(self, session: "Session") -> None:
+        """Save the callback's record as it is now; a store that is down is logged, the call goes on."""
+        if self.claims is None:
+            return
+        try:
+            self.claims.save(session.id, session.record(), time.time())
+        except StoreDown as exc:
+            self._store_refusals.log(log, logging.ERROR, "state store down (%s): callback %s not saved",
+                                     exc, session.id)
+        except Exception:
+            # The call in progress matters more than its record.
+            log.exception("callback %s: record not saved", session.id)
+
+    def _forget_record(self, callback_id: str) -> None:
+        if self.claims is None:
+            return
+        try:
+            self.claims.forget(callback_id)
+        except StoreDown as exc:
+            log.error("state store down (%s): the record of callback %s lapses by itself", exc, callback_id)
 
     def _renew_claims(self) -> None:
         """Keep the leases of the callbacks in progress; a dead engine's lapse by themselves."""
@@ -301,14 +365,76 @@ class Session:
             did.number, employee, settings, engine.router.config.default_country,
             engine.prompts.seconds(did.number, settings.language),
             engine.settings.client_ring_timeout, time.time())
-        self.employee_leg: Leg | None = None
-        self.client_leg: Leg | None = None
+        self.machine.cdr.id = self.id
+        self.employee_leg: Leg | PendingLeg | None = None
+        self.client_leg: Leg | PendingLeg | None = None
         self.pbx_sdp: str | None = None  # RTPengine's B-facing SDP: what the client is offered
         self.employee_sdp: str | None = None  # the employee's own, from its 200 OK
         self.employee_facing: str | None = None  # RTPengine's SDP sent to the employee
         self.employee_media: str | None = None  # the address the employee's RTP comes from
         self._timers: dict[str, object] = {}
+        self._due: dict[str, float] = {}  # epoch seconds each running timer fires at
         self._playing = False
+
+    @classmethod
+    def resumed(cls, engine: Engine, record: dict) -> "Session":
+        """The callback of `record` (see `record()`), saved by this engine before it restarted.
+
+        Timers are armed again for what is left of them (none left: at once);
+        answered legs are resumed from their dialogs; an unanswered INVITE can
+        only be cancelled. The machine's `restarted` event says what follows.
+        """
+        config = engine.router.config
+        did = config.numbers.get(record["did"])
+        if did is None or did.callback is None:
+            # The DID was removed meanwhile: its callback still ends on both legs with its CDR.
+            did = model.Did(record["did"], "", model.Callback(enabled=True, list=None,
+                                                               record=record["media"]["record"]))
+        session = cls(engine, did, record["employee"], record["id"])
+        session.machine.restore(record["machine"])
+        media = record["media"]
+        session.pbx_sdp, session.employee_sdp = media["pbx_sdp"], media["employee_sdp"]
+        session.employee_facing, session.employee_media = media["employee_facing"], media["employee_media"]
+        session._playing = media["playing"]
+        session.employee_leg = session._resumed_leg(record["legs"]["employee"], session.employee, EmployeeLeg)
+        session.client_leg = session._resumed_leg(record["legs"]["client"], None, ClientLeg)
+        now = time.time()
+        for name in session.machine.snapshot()["timers"]:
+            left = max(0.0, record["due"].get(name, now) - now)
+            session.execute(machine.StartTimer(name, left))
+        log.info("callback %s: resumed in %s", session.id, session.machine.state)
+        return session
+
+    def _resumed_leg(self, saved: dict | None, number: str | None, handler):
+        if saved is None:
+            return None
+        if saved.get("dialog"):
+            return self.sip.resume(saved["leg_id"], saved["to_uri"], self.did.number, saved["dialog"],
+                                   handler(self))
+        if saved.get("pending"):
+            return PendingLeg(self.sip, saved)
+        return None
+
+    def record(self) -> dict:
+        """What a restarted engine needs to go on with this callback (JSON-able, no PIN)."""
+        return {
+            "engine": self.engine.name,
+            "id": self.id,
+            "did": self.did.number,
+            "employee": self.employee,
+            "machine": self.machine.snapshot(),
+            "due": dict(self._due),
+            "legs": {"employee": _saved_leg(self.employee_leg), "client": _saved_leg(self.client_leg)},
+            "media": {
+                "call_id": self.media_call_id,
+                "record": self.did.callback.record,
+                "pbx_sdp": self.pbx_sdp,
+                "employee_sdp": self.employee_sdp,
+                "employee_facing": self.employee_facing,
+                "employee_media": self.employee_media,
+                "playing": self._playing,
+            },
+        }
 
     @property
     def sip(self) -> SipEndpoint:
@@ -332,6 +458,8 @@ class Session:
                 if not isinstance(command, machine.Finished) and event != "abort":
                     self.sip.call_soon(self.feed, "abort")
                     return
+        if commands:
+            self.engine.persist(self)
 
     # -- commands --------------------------------------------------------------
 
@@ -340,6 +468,7 @@ class Session:
             case machine.StartTimer(name, seconds):
                 self._cancel_timer(name)
                 self._timers[name] = self.sip.call_later(seconds, self._timer_fired, name)
+                self._due[name] = time.time() + seconds
             case machine.CancelTimer(name):
                 self._cancel_timer(name)
             case machine.CallEmployee(attempt, ring_timeout):
@@ -405,6 +534,14 @@ class Session:
         self.engine.forget(self)
         log.info("callback %s: finished, result=%s bridged=%.1fs", self.id, cdr.result,
                  cdr.bridged_seconds)
+        self.complete(cdr)
+
+    def complete(self, cdr: machine.Cdr) -> None:
+        """The media deleted, the recording and the CDR written (once: a resumed one may be)."""
+        if self.engine.cdr.written(self.id):
+            log.info("callback %s: CDR written before the restart", self.id)
+            self.engine._forget_record(self.id)
+            return
         # Behind this callback's last media requests; the recording is complete once deleted.
         self.engine.media(self, self._delete_then_record, cdr)
 
@@ -412,6 +549,8 @@ class Session:
         """Media thread: end the RTPengine call, then the recording and the CDR."""
         try:
             self.engine.ng.delete(self.media_call_id)
+        except NgError as exc:  # deleted before a restart, or dropped by RTPengine
+            log.info("callback %s: RTPengine delete: %s", self.id, exc)
         finally:
             if self.did.callback.record and cdr.client_answer_at is not None:
                 self.engine.background(self._save_recording, cdr)
@@ -443,7 +582,10 @@ class Session:
         try:
             self.engine.cdr.write(cdr.to_json_dict())
         except (OSError, TypeError, ValueError) as exc:
+            # The record stays: a restarted engine writes the CDR.
             log.error("callback %s: CDR not written: %s", self.id, exc)
+            return
+        self.engine._forget_record(self.id)
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -453,12 +595,43 @@ class Session:
 
     def _timer_fired(self, name: str) -> None:
         self._timers.pop(name, None)
+        self._due.pop(name, None)
         self.feed("on_timer", name)
 
     def _cancel_timer(self, name: str) -> None:
+        self._due.pop(name, None)
         timer = self._timers.pop(name, None)
         if timer is not None:
             timer.cancel()
+
+
+class PendingLeg:
+    """An INVITE an earlier engine left unanswered: all that can happen to it is a CANCEL."""
+
+    def __init__(self, sip: SipEndpoint, saved: dict):
+        self.leg_id, self.to_uri = saved["leg_id"], saved["to_uri"]
+        self._sip, self._pending = sip, saved["pending"]
+
+    def hang_up(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._sip.cancel_pending(pending)
+
+    def dialog(self) -> None:
+        return None
+
+    def pending(self) -> dict | None:
+        return self._pending
+
+
+def _saved_leg(leg: "Leg | PendingLeg | None") -> dict | None:
+    """A leg as `Session.record()` saves it: its dialog once answered, else its INVITE."""
+    if leg is None:
+        return None
+    dialog, pending = leg.dialog(), leg.pending()
+    if dialog is None and pending is None:
+        return None
+    return {"leg_id": leg.leg_id, "to_uri": leg.to_uri, "dialog": dialog, "pending": pending}
 
 
 class EmployeeLeg(LegHandler):

@@ -82,7 +82,7 @@ CALL_WARNING_S = 60.0
 # What a CDR's `result` and `ended_by` may say.
 RESULTS = ("bridged", "employee_no_answer", "no_digits", "denied", "pin_refused", "client_busy",
            "client_no_answer", "failed")
-ENDED_BY = ("employee", "client", "engine", "limit")
+ENDED_BY = ("employee", "client", "engine", "limit", "engine_restart")
 
 
 class State(enum.StrEnum):
@@ -183,6 +183,7 @@ class Cdr:
     did: str
     employee: str
     trigger_at: float
+    id: str | None = None  # the callback's: a restarted engine writes no CDR twice
     client_dialled: str | None = None
     client_e164: str | None = None
     employee_answer_at: float | None = None
@@ -192,7 +193,9 @@ class Cdr:
     bridged_seconds: float = 0.0
     recording: str | None = None  # the engine fills it: the machine knows no files
     employee_attempts: int = 0
-    ended_by: str | None = None  # "employee", "client", "engine" or "limit" (max_call_minutes)
+    # "employee", "client", "engine", "limit" (max_call_minutes) or "engine_restart"
+    # (the engine restarted while the employee was being asked for digits)
+    ended_by: str | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -247,6 +250,66 @@ class Callback:
         self._wrong_pins = 0
         self._warned = False  # the bridged call's one-minute warning has played
         self._result: str | None = None  # decided before the goodbye message plays
+
+    # --- what survives the engine ---------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a restarted engine needs to go on with this callback (JSON-able).
+
+        Digits typed for a PIN are not in it: they are secret, and a restart
+        ends the digits stage anyway (`restarted`).
+        """
+        number_digits = self.state in (State.PROMPTING, State.COLLECTING)
+        return {
+            "state": self.state.value,
+            "cdr": asdict(self.cdr),
+            "timers": sorted(self._timers),
+            "digits": self._digits if number_digits else "",
+            "keys_pressed": self._keys_pressed,
+            "failed_numbers": self._failed_numbers,
+            "pin_accepted": self._pin_accepted,
+            "wrong_pins": self._wrong_pins,
+            "warned": self._warned,
+            "result": self._result,
+        }
+
+    def restore(self, snapshot: Mapping[str, Any]) -> None:
+        """Take up a `snapshot` of an earlier engine; then `restarted()` says what to do."""
+        self.state = State(snapshot["state"])
+        self.cdr = Cdr(**snapshot["cdr"])
+        self._timers = set(snapshot["timers"])
+        self._digits = snapshot["digits"]
+        self._keys_pressed = snapshot["keys_pressed"]
+        self._failed_numbers = snapshot["failed_numbers"]
+        self._pin_accepted = snapshot["pin_accepted"] or self.settings.pin is None
+        self._wrong_pins = snapshot["wrong_pins"]
+        self._warned = snapshot["warned"]
+        self._result = snapshot["result"]
+
+    def restarted(self, now: float) -> list[Command]:
+        """The engine came back with this callback restored; its timers run on.
+
+        Owed (before or between the calls to the employee) and bridged callbacks
+        go on. A call to the employee left ringing is placed again, the old one
+        cancelled. The digits stage is ended on both legs: the prompt and the
+        keys typed into a dead engine are lost, and asking again from the middle
+        would confuse the employee more than a call-back that ends.
+        """
+        match self.state:
+            case State.NEW:
+                return self.start(now)
+            case State.CALLING_EMPLOYEE:
+                self.cdr.employee_attempts -= 1
+                return [CancelEmployee(), *self._cancel(Timer.EMPLOYEE_RING), *self._call_employee()]
+            case State.DIALING_CLIENT:
+                return self._finish(now, "failed", "engine_restart", CancelClient(), HangUpEmployee())
+            case (State.PIN_PROMPTING | State.PIN_COLLECTING | State.PROMPTING | State.COLLECTING
+                  | State.ERROR_MESSAGE):
+                return self._finish(now, "no_digits" if not self._failed_numbers else "denied",
+                                    "engine_restart", HangUpEmployee())
+            case State.GOODBYE:
+                return self._finish(now, self._result, "engine_restart", HangUpEmployee())
+        return []
 
     # --- events -----------------------------------------------------------
 

@@ -22,6 +22,14 @@
   `hang_up()`) or `on_disconnected` (answered, then BYE from either side).
   A re-INVITE from the far end (hold...) is answered with the leg's own SDP.
 
+A leg outlives the process that placed it: `Leg.dialog()` is an answered
+leg's dialog as plain data (Call-ID, tags, URIs, CSeq, route set, remote
+target, both SDPs) and `Leg.pending()` an unanswered one's INVITE as sent.
+A restarted engine `resume()`s an answered leg from its dialog, so a BYE
+from the far end is still answered and reported and `hang_up()` still sends
+a BYE the far end accepts, and `cancel_pending()`s an INVITE an earlier
+process left ringing.
+
 Threading: everything runs on one thread, sippy's reactor (``ED2``, the
 ``EventDispatcher2`` singleton). SIP messages, timers and the handlers'
 callbacks all run there, so the engine needs no locks. The engine's other I/O
@@ -71,15 +79,20 @@ from sippy.CCEvents import (
 from sippy.Core.EventDispatcher import ED2
 from sippy.MsgBody import MsgBody
 from sippy.SipAddress import SipAddress
+from sippy.SipCallId import SipCallId
 from sippy.SipContact import SipContact
+from sippy.SipFrom import SipFrom
 from sippy.SipGenericHF import SipGenericHF
 from sippy.SipHeader import SipHeader
 from sippy.SipPAssertedIdentity import SipPAssertedIdentity
+from sippy.SipRequest import SipRequest
+from sippy.SipRoute import SipRoute
 from sippy.SipTo import SipTo
 from sippy.SipTransactionManager import SipTransactionManager
 from sippy.SipURL import SipURL
 from sippy.Time.Timeout import Timeout
 from sippy.UA import UA
+from sippy.UaStateConnected import UaStateConnected
 from sippy.Udp_server import Udp_server, Udp_server_opts
 
 from callbackd.config import canonical_ip
@@ -286,6 +299,33 @@ class Leg:
 
     def __repr__(self) -> str:
         return f"<Leg {self.leg_id} {self.state.value} {self.to_uri}>"
+
+    def dialog(self) -> dict[str, Any] | None:
+        """The answered leg's SIP dialog as JSON-able data (see `SipEndpoint.resume`); None before."""
+        if self.state is not LegState.ANSWERED or self._ua is None:
+            return None
+        ua, local = self._ua, self._endpoint.sip_address
+        (host, port), transport = ua.rAddr
+        return {
+            "call_id": str(ua.cId),
+            "local": ua.lUri.localStr(local),
+            "remote": ua.rUri.localStr(local),
+            "target": ua.rTarget.localStr(local),
+            "routes": [route.localStr(local) for route in ua.routes],
+            "next_hop": [host, port, str(transport)],
+            "cseq": ua.lCSeq,
+            "contact": ua.lContact.localStr(local),
+            "local_sdp": str(ua.lSDP) if ua.lSDP is not None else None,
+            "remote_sdp": self.remote_sdp,
+        }
+
+    def pending(self) -> dict[str, Any] | None:
+        """The INVITE of a leg not answered yet, as sent, and where to (see `cancel_pending`)."""
+        if self.state not in (LegState.CALLING, LegState.RINGING) or self._ua is None or self._ua.tr is None:
+            return None
+        tr = self._ua.tr
+        invite = tr.data.decode("utf-8", "replace") if isinstance(tr.data, bytes) else str(tr.data)
+        return {"invite": invite, "next_hop": list(tr.address)}
 
     def hang_up(self) -> None:
         """End the call: BYE when answered, CANCEL while calling/ringing; no-op once ended."""
@@ -524,6 +564,53 @@ class SipEndpoint:
             raise
         return leg
 
+    def resume(self, leg_id: str, to_uri: str, from_user: str, dialog: dict[str, Any],
+               handler: LegHandler) -> Leg:
+        """An answered leg of an earlier process, from its `Leg.dialog()`; reactor thread only."""
+        self._check_thread()
+        if self._tm is None:
+            raise RuntimeError("endpoint is closed")
+        if leg_id in self._legs:
+            raise ValueError(f"leg {leg_id!r} is still active")
+        host, port, transport = dialog["next_hop"]
+        leg = Leg(self, leg_id, to_uri, from_user, handler)
+        ua = UA(self._config, event_cb=leg._on_event, nh_address=(host, int(port)), nh_transport=transport)
+        ua.local_ua = self.user_agent
+        ua.cId = SipCallId(dialog["call_id"])
+        ua.lUri, ua.rUri = _parsed(SipFrom(dialog["local"])), _parsed(SipTo(dialog["remote"]))
+        ua.lTag = ua.lUri.getTag()
+        ua.rTarget = SipURL(dialog["target"])
+        ua.routes = [_parsed(SipRoute(route)) for route in dialog["routes"]]
+        ua.lContact = _parsed(SipContact(dialog["contact"]))
+        ua.lCSeq = int(dialog["cseq"])
+        if dialog.get("local_sdp"):
+            ua.lSDP = MsgBody(dialog["local_sdp"])
+        if dialog.get("remote_sdp"):
+            ua.rSDP = MsgBody(dialog["remote_sdp"])
+        ua.changeState((UaStateConnected,))
+        self._tm.regConsumer(ua, str(ua.cId))
+        leg._ua, leg.call_id, leg.remote_sdp = ua, str(ua.cId), dialog.get("remote_sdp")
+        leg.state = LegState.ANSWERED
+        self._legs[leg_id] = leg
+        log.info("leg %s: resumed answered call to %s (call-id %s)", leg_id, to_uri, leg.call_id)
+        return leg
+
+    def cancel_pending(self, pending: dict[str, Any]) -> None:
+        """CANCEL an INVITE an earlier process sent (`Leg.pending()`), whose answer nobody awaits."""
+        self._check_thread()
+        if self._tm is None:
+            raise RuntimeError("endpoint is closed")
+        invite = SipRequest(pending["invite"])
+        host, port = pending["next_hop"]
+        invite.setTarget(((host, int(port)), "udp"))
+        self._tm.newTransaction(invite.genCANCEL())
+        log.info("INVITE %s of an earlier process cancelled", invite.getHFBody("call-id"))
+
+    @property
+    def sip_address(self) -> Any:
+        """This endpoint's address as sippy renders it into messages."""
+        return self._tm.l4r.getServer(None).getSIPaddr()
+
     def legs(self) -> list[Leg]:
         """The legs not ended yet."""
         return list(self._legs.values())
@@ -601,6 +688,11 @@ class SipEndpoint:
             reply = self._reply(req, code, reason)
         log.info("trigger did=%s caller=%s call-id=%s -> %d %s", did, caller, call_id, code, reason)
         return reply
+
+
+def _parsed(header: Any) -> Any:
+    header.parse()
+    return header
 
 
 def _caller(req: Any) -> str:

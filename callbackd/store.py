@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Collection
 from typing import Any
 
 import redis
@@ -132,18 +133,18 @@ class Callbacks:
         except redis.RedisError as exc:
             raise StoreDown(str(exc)) from exc
 
-    def drop_engine(self, engine: str) -> int:
-        """Release every claim an engine held before it restarted; how many.
+    def drop_engine(self, engine: str, keep: Collection[str] = ()) -> int:
+        """Release every claim an engine held before it restarted but those it resumed (`keep`).
 
-        Claim ids start with the engine's name (`<engine>/<callback>`). Until
-        an engine resumes what it owed, a claim it lost would make a repeated
-        trigger look served while nobody calls back.
+        Claim ids start with the engine's name (`<engine>/<callback>`). A claim
+        of a callback nobody resumes would make a repeated trigger look served
+        while nobody calls back. Returns how many were released.
         """
         dropped = 0
         try:
             for key in self._client.scan_iter(match=_key("claim", "*")):
                 holder = self._client.get(key)
-                if holder is not None and holder.startswith(f"{engine}/"):
+                if holder is not None and holder.startswith(f"{engine}/") and holder not in keep:
                     dropped += self._release(keys=[key], args=[holder])
         except redis.RedisError as exc:
             raise StoreDown(str(exc)) from exc

@@ -23,7 +23,10 @@ import health
 import pytest
 import services
 from peers import callee_keys, caller_keys
-from test_limits import wait_until_the_edge_hands_triggers_to_the_engine
+from rtp_pcap import dtmf_then_tone_pcap, tone_pcap
+from test_callback import far_end_keys, media_of
+from test_limits import CDR_FILE, ENGINE_LOG, Cdrs, Tail, wait_until_the_edge_hands_triggers_to_the_engine
+from wire import Capture, rtp_streams
 
 from callbackd import store
 from vpbx import model
@@ -39,6 +42,17 @@ CALLBACK_TIMEOUT = 40
 CALLBACKD_SETTINGS = Path("/etc/vpbx/callbackd.json")
 # Redis writes its append-only file once a second (state_store_appendfsync).
 APPEND_FSYNC_S = 2.0
+# The bridged call of the engine's crash: the employee hangs up this long
+# after answering, well after the engine is back; the tones outlast it.
+BRIDGED_HOLD_MS = 25_000
+TONE_S = 40
+FLOW_TIMEOUT = 90
+EMPLOYEE_SSRC = 0xE1E1E1E1
+CLIENT_SSRC = 0xC2C2C2C2
+CLIENT_NUMBER = "0905123456"
+# How much of the resumed call's media is captured: a few dozen packets each way.
+MEDIA_SAMPLE_S = 2.0
+CLIENT_E164 = "+421905123456"
 
 
 def kill_outright(name: str) -> int:
@@ -198,3 +212,123 @@ def _pings(url: str) -> bool:
         return bool(store.connect(url).ping())
     except Exception:
         return False
+
+
+# -- what callbackd owed survives its crash ---------------------------------------
+
+
+@pytest.fixture
+def records():
+    """The callbacks the engines keep in the state store: (did, employee) -> its record."""
+    url = json.loads(CALLBACKD_SETTINGS.read_text()).get("state_store")
+    if not url:
+        pytest.skip("callbackd keeps its state in memory (no state_store)")
+    callbacks = store.Callbacks(store.connect(url))
+
+    def of(did: model.Did, employee: str) -> dict | None:
+        for record in callbacks.owed().values():
+            if (record["did"], record["employee"]) == (did.number, employee):
+                return record
+        return None
+    return of
+
+
+@pytest.fixture(scope="session")
+def delayed_did(lab: model.Config) -> model.Did:
+    """A callback DID whose delay leaves time to kill the engine before it calls back."""
+    for did in lab.numbers.values():
+        if did.callback and did.callback.enabled and did.callback.delay >= 5:
+            return did
+    pytest.skip("the inventory has no callback DID with a delay of 5 s or more")
+
+
+def in_state(records, did: model.Did, employee: str, *states: str) -> Callable[[], bool]:
+    def check() -> bool:
+        record = records(did, employee)
+        return record is not None and record["machine"]["state"] in states
+    return check
+
+
+def engine_killed_and_back() -> None:
+    killed = kill_outright(services.CALLBACKD)
+    wait_until("callbackd runs again", runs_again(services.CALLBACKD, killed))
+
+
+def rejected_trigger(sipp, pbx_address, carrier_ip, did: model.Did, employee: str) -> None:
+    keys = caller_keys(did.number, employee)
+    keys["code"] = did.callback.reject_code
+    sipp.run_uac("carrier_call_rejected.xml", carrier_ip, str(pbx_address), keys, timeout=CALL_TIMEOUT)
+
+
+def test_callbackd_killed_while_a_call_back_is_owed_still_calls_the_employee_back_once(
+    sipp, pbx_address, carrier_ip, trunk_port, delayed_did, listed_caller, records,
+):
+    cdrs = Cdrs(CDR_FILE)
+    employee = sipp.start_uas("callee.xml", carrier_ip, trunk_port,
+                              callee_keys("answer", user=listed_caller, caller=delayed_did.number),
+                              timeout=CALLBACK_TIMEOUT + RECOVERY_WAIT)
+    rejected_trigger(sipp, pbx_address, carrier_ip, delayed_did, listed_caller)
+    wait_until("the owed call-back is in the store", in_state(records, delayed_did, listed_caller, "waiting"))
+    callback_id = records(delayed_did, listed_caller)["id"]
+
+    engine_killed_and_back()
+    # The restarted engine places the call-back it owed; nobody types, so it ends.
+    employee.expect_success()
+    [cdr] = cdrs.wait(delayed_did.number, listed_caller, timeout=RECOVERY_WAIT)
+    assert (cdr["id"], cdr["result"]) == (callback_id, "no_digits")
+    wait_until("the callback is owed no more", lambda: records(delayed_did, listed_caller) is None)
+    assert len(cdrs.wait(delayed_did.number, listed_caller)) == 1
+
+
+def test_callbackd_killed_while_the_employee_is_asked_for_digits_hangs_up_politely_with_a_cdr(
+    sipp, pbx_address, carrier_ip, trunk_port, callback_did, listed_caller, records,
+):
+    cdrs = Cdrs(CDR_FILE)
+    employee = sipp.start_uas("callee.xml", carrier_ip, trunk_port,
+                              callee_keys("answer", user=listed_caller, caller=callback_did.number),
+                              timeout=CALLBACK_TIMEOUT + RECOVERY_WAIT)
+    rejected_trigger(sipp, pbx_address, carrier_ip, callback_did, listed_caller)
+    wait_until("the employee is asked for the number",
+               in_state(records, callback_did, listed_caller, "prompting", "collecting"))
+
+    engine_killed_and_back()
+    # The employee's leg gets the restarted engine's BYE, not a line left open.
+    employee.expect_success()
+    [cdr] = cdrs.wait(callback_did.number, listed_caller, timeout=RECOVERY_WAIT)
+    assert (cdr["result"], cdr["ended_by"]) == ("no_digits", "engine_restart")
+    assert cdr["employee_answer_at"] and cdr["end_at"]
+
+
+def test_callbackd_killed_during_a_bridged_call_keeps_its_audio_and_passes_the_hang_up_with_one_cdr(
+    sipp, tmp_path, pbx_address, carrier_ip, trunk_port, callback_did, listed_caller, records,
+):
+    cdrs = Cdrs(CDR_FILE)
+    employee_pcap = dtmf_then_tone_pcap(tmp_path / "employee.pcap", CLIENT_NUMBER + "#", EMPLOYEE_SSRC,
+                                        440, TONE_S)
+    client_pcap = tone_pcap(tmp_path / "client.pcap", CLIENT_SSRC, 660, TONE_S)
+    # The employee hangs up, long after the crash; the client waits for the PBX's BYE.
+    keys = far_end_keys(callback_did, listed_caller, employee_pcap=employee_pcap, client=CLIENT_E164,
+                        client_pcap=client_pcap, employee_hangup=f"local:{BRIDGED_HOLD_MS}")
+    far_end = sipp.start_uas("far_end.xml", carrier_ip, trunk_port, keys, calls=2, timeout=FLOW_TIMEOUT)
+    rejected_trigger(sipp, pbx_address, carrier_ip, callback_did, listed_caller)
+    employee_media, client_media = media_of(far_end, "employee"), media_of(far_end, "client")
+    wait_until("the bridged call is in the store", in_state(records, callback_did, listed_caller, "bridged"))
+    callback_id = records(callback_did, listed_caller)["id"]
+    log = Tail(ENGINE_LOG)
+
+    engine_killed_and_back()
+    # Media after the crash: RTPengine still relays both ways.
+    with Capture(bpf=f"udp and src host {pbx_address.host} and dst host {carrier_ip}") as wire:
+        log.wait_for(f"callback {callback_id}: resumed in bridged", timeout=RECOVERY_WAIT)
+        time.sleep(MEDIA_SAMPLE_S)
+    streams = rtp_streams(wire.path)
+    assert CLIENT_SSRC in {s.ssrc for s in streams if s.src[1] == employee_media[1]}, streams
+    assert EMPLOYEE_SSRC in {s.ssrc for s in streams if s.src[1] == client_media[1]}, streams
+
+    # The employee's BYE reaches the restarted engine, which hangs up the client.
+    far_end.expect_success(timeout=FLOW_TIMEOUT)
+    [cdr] = cdrs.wait(callback_did.number, listed_caller, timeout=RECOVERY_WAIT)
+    assert (cdr["id"], cdr["result"], cdr["ended_by"]) == (callback_id, "bridged", "employee")
+    assert cdr["client_e164"] == CLIENT_E164 and cdr["bridged_seconds"] > 0
+    wait_until("the callback is owed no more", lambda: records(callback_did, listed_caller) is None)
+    assert len(cdrs.wait(callback_did.number, listed_caller)) == 1

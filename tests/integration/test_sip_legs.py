@@ -379,6 +379,60 @@ def test_far_end_bye_disconnects_the_leg(engine, sipp):
     assert leg.state.value == "ended"
 
 
+def _lost(engine: Engine, leg: Leg) -> dict:
+    """What an engine killed now leaves of an answered leg: its dialog, and nothing in memory."""
+    dialog = engine.on_reactor(leg.dialog)
+    assert dialog is not None
+    engine.on_reactor(lambda: engine.endpoint._tm.unregConsumer(leg._ua, leg.call_id))
+    engine.on_reactor(engine.endpoint._forget, leg)
+    return dialog
+
+
+def _resumed(engine: Engine, leg_id: str, dialog: dict) -> tuple[Leg, Recorder]:
+    handler = Recorder()
+    leg = engine.on_reactor(engine.endpoint.resume, leg_id, f"sip:{MOBILE}@{CARRIER_RURI_HOST}", DID,
+                            dialog, handler)
+    return leg, handler
+
+
+def test_a_resumed_leg_hangs_up_with_a_bye_the_far_end_accepts(engine, sipp):
+    uas, port = far_end(sipp, "answer")
+    leg, handler = engine.originate("to-resume", port)
+    handler.wait_for("answered")
+    dialog = _lost(engine, leg)
+
+    resumed, handler = _resumed(engine, "resumed", dialog)
+    assert resumed.state.value == "answered" and resumed.call_id == dialog["call_id"]
+    engine.on_reactor(resumed.hang_up)
+    assert handler.wait_for("disconnected") == ("disconnected", "local")
+    uas.expect_success()  # the BYE matched its dialog: Call-ID, tags, CSeq above the INVITE's
+
+
+def test_a_resumed_leg_answers_the_far_ends_bye_and_reports_it(engine, sipp):
+    uas, port = far_end(sipp, "answer", hangup="local", hold_ms=1500)
+    leg, handler = engine.originate("to-resume-remote", port)
+    handler.wait_for("answered")
+    dialog = _lost(engine, leg)
+
+    resumed, handler = _resumed(engine, "resumed-remote", dialog)
+    assert handler.wait_for("disconnected") == ("disconnected", "remote")
+    uas.expect_success()  # its BYE got a 200
+    assert resumed.state.value == "ended"
+
+
+def test_an_invite_left_ringing_by_an_earlier_process_is_cancelled(engine, sipp):
+    uas, port = far_end(sipp, "ring")
+    leg, handler = engine.originate("left-ringing", port)
+    handler.wait_for("ringing")
+    pending = engine.on_reactor(leg.pending)
+    assert pending is not None and pending["invite"].startswith("INVITE ")
+    assert engine.on_reactor(leg.dialog) is None
+
+    engine.on_reactor(engine.endpoint.cancel_pending, pending)
+    uas.expect_success()  # it got a CANCEL matching its INVITE and answered 487
+    assert handler.wait_for("failed")[1] == 487
+
+
 def test_unanswered_leg_is_cancelled_at_ring_timeout(engine, sipp):
     uas, port = far_end(sipp, "ring")
     _leg, handler = engine.originate("no-answer", port, ring_timeout=1.0)

@@ -984,3 +984,69 @@ def test_a_missing_prompt_length_is_refused_when_the_callback_is_made():
     lengths = {k: v for k, v in PROMPT_SECONDS.items() if k != "not_allowed"}
     with pytest.raises(ValueError, match="not_allowed"):
         Callback(DID, EMPLOYEE, model.Callback(enabled=True, list="x"), "SK", lengths, 30.0, T0)
+
+
+# --- a restarted engine -------------------------------------------------------
+
+
+def restored(story: Story, **settings) -> Story:
+    """The story as a restarted engine takes it up: a new machine from the old one's snapshot."""
+    snapshot = story.machine.snapshot()
+    again = Story(**settings)
+    again.now, again.timers = story.now, dict(story.timers)
+    again.machine.restore(snapshot)
+    return again
+
+
+def test_a_snapshot_taken_up_again_goes_on_like_the_original():
+    story = restored(waiting())
+    assert story("restarted") == []
+    assert story.fire("delay") == [CallEmployee(1, 20), StartTimer("employee_ring", 20)]
+
+
+def test_a_call_back_left_ringing_is_placed_again_with_the_same_attempt_number():
+    story = restored(ringing())
+    assert story("restarted") == [CancelEmployee(), CancelTimer("employee_ring"), CallEmployee(1, 20),
+                                  StartTimer("employee_ring", 20)]
+    story("on_employee_answered")
+    assert story.machine.state is State.PROMPTING
+
+
+def test_a_bridged_call_goes_on_and_ends_once_with_the_whole_cdr():
+    before = bridged()
+    story = restored(before)
+    assert story("restarted") == []
+    story("on_employee_hangup", after=5.0)
+    cdr = story.cdr
+    assert (cdr.result, cdr.ended_by, cdr.client_e164) == ("bridged", "employee", CLIENT)
+    assert cdr.trigger_at == T0 and cdr.client_answer_at == before.machine.cdr.client_answer_at
+
+
+@pytest.mark.parametrize("stage", [answered, collecting, refused_once, goodbye])
+def test_the_digits_stage_ends_on_the_employees_leg_with_engine_restart(stage):
+    story = restored(stage())
+    out = story("restarted")
+    assert HangUpEmployee() in out and story.machine.state is State.DONE
+    assert story.cdr.ended_by == "engine_restart"
+
+
+def test_a_client_still_ringing_is_cancelled_and_the_employee_hung_up():
+    story = restored(dialing())
+    out = story("restarted")
+    assert CancelClient() in out and HangUpEmployee() in out
+    assert (story.cdr.result, story.cdr.ended_by) == ("failed", "engine_restart")
+
+
+def test_what_was_typed_for_a_pin_is_never_in_a_snapshot():
+    story = answered(pin="246810")
+    story.fire("prompt")
+    story.type("2468")
+    assert "2468" not in repr(story.machine.snapshot())
+
+
+def test_a_finished_callback_does_nothing_more_when_restored():
+    story = bridged()
+    story("on_client_hangup")
+    again = restored(story)
+    assert again("restarted") == []
+    assert again.machine.state is State.DONE
