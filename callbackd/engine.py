@@ -54,7 +54,7 @@ from callbackd.prompts import Prompts
 from callbackd.recording import convert_recording, find_recording
 from callbackd.rtpengine import BOUND_MEDIA_FLAGS, NgClient, NgError, placeholder_sdp, sdp_audio_endpoint
 from callbackd.sip import Headers, Leg, LegHandler, SipEndpoint
-from callbackd.store import CLAIM_RENEW_S, Callbacks, StoreDown
+from callbackd.store import CLAIM_RENEW_S, HEARTBEAT_S, Callbacks, StoreDown
 from callbackd.trigger import BadTrigger, edge_decision
 from vpbx import decide, model
 from vpbx.routing_file import RoutingFile
@@ -133,6 +133,7 @@ class Engine:
         sip.call_later(MEDIA_CHECK_S, self._check_media)
         if self.claims is not None:
             try:
+                self.claims.heartbeat(self.name)
                 resumed = self._resume()
                 dropped = self.claims.drop_engine(self.name, keep={self._token(i) for i in resumed})
                 if dropped:
@@ -140,43 +141,66 @@ class Engine:
             except StoreDown as exc:
                 log.error("state store down (%s): nothing resumed, earlier claims lapse by themselves", exc)
             sip.call_later(CLAIM_RENEW_S, self._renew_claims)
+            sip.call_later(HEARTBEAT_S, self._keep_alive)
+
+    def _keep_alive(self) -> None:
+        """Say this engine lives; take over the callbacks of engines that died."""
+        try:
+            self.claims.heartbeat(self.name)
+            for callback_id, engine in self.claims.orphans().items():
+                if engine != self.name:
+                    self._take_over(callback_id, engine)
+        except StoreDown as exc:
+            self._store_refusals.log(log, logging.ERROR, "state store down (%s): no heartbeat", exc)
+        self.sip.call_later(HEARTBEAT_S, self._keep_alive)
+
+    def _take_over(self, callback_id: str, engine: str) -> None:
+        record = self.claims.owed().get(callback_id)
+        if record is None or not self.claims.take_over(callback_id, record, self.name):
+            return  # ended meanwhile, or another engine was first
+        log.warning("callback %s: taken over from %s, whose heartbeat lapsed", callback_id, engine)
+        self._take_up(callback_id, record, taken_from=engine)
 
     def _resume(self) -> list[str]:
         """Resume the callbacks this engine saved before it restarted; their ids."""
-        resumed = []
-        for callback_id, record in self.claims.owed().items():
-            if record.get("engine") != self.name:
-                continue
-            try:
-                session = Session.resumed(self, record)
-            except Exception:
-                # A record this engine cannot read is dropped, never retried at every start.
-                log.exception("callback %s: record not resumed, dropped", callback_id)
-                self._forget_record(callback_id)
-                continue
-            resumed.append(callback_id)
-            if session.machine.state is machine.State.DONE:
-                # Ended before the restart: what is left is its media, recording and CDR.
-                session.complete(session.machine.cdr)
-                continue
-            self.sessions[(session.did.number, session.employee)] = session
-            self._by_media[session.media_call_id] = session
-            # Its claim may have lapsed while the engine was down: held again, unless taken meanwhile.
-            holder = self.claims.claim(session.did.number, session.employee, self._token(callback_id))
-            if holder not in (None, self._token(callback_id)):
-                log.warning("callback %s: %s on %s was triggered again meanwhile (%s)", callback_id,
-                            session.employee, session.did.number, holder)
-            session.feed("restarted")
+        resumed = [callback_id for callback_id, record in self.claims.owed().items()
+                   if record.get("engine") == self.name and self._take_up(callback_id, record)]
         if resumed:
             log.warning("resumed %d callbacks this engine had in progress before it restarted", len(resumed))
         return resumed
+
+    def _take_up(self, callback_id: str, record: dict, taken_from: str | None = None) -> bool:
+        """Go on with a callback of `record`: this engine's before it restarted, or a dead one's."""
+        try:
+            session = Session.resumed(self, record, moved=taken_from is not None)
+        except Exception:
+            # A record no engine can read is dropped, never retried at every start.
+            log.exception("callback %s: record not resumed, dropped", callback_id)
+            self._forget_record(callback_id)
+            return False
+        if session.machine.state is machine.State.DONE:
+            # Ended before the restart: what is left is its media, recording and CDR.
+            session.complete(session.machine.cdr)
+            return True
+        self.sessions[(session.did.number, session.employee)] = session
+        self._by_media[session.media_call_id] = session
+        # Its claim may have lapsed while the engine was down: held again, unless taken meanwhile.
+        holder = self.claims.claim(session.did.number, session.employee, self._token(callback_id))
+        if holder not in (None, self._token(callback_id)):
+            log.warning("callback %s: %s on %s was triggered again meanwhile (%s)", callback_id,
+                        session.employee, session.did.number, holder)
+        session.feed("restarted")
+        return True
 
     def persist(self, session: "Session") -> None:
         """Save the callback's record as it is now; a store that is down is logged, the call goes on."""
         if self.claims is None:
             return
         try:
-            self.claims.save(session.id, session.record(), time.time())
+            if not self.claims.save(self.name, session.id, session.record(), time.time()):
+                # This engine was taken for dead: the callback is another's now.
+                log.warning("callback %s: taken over by another engine, let go", session.id)
+                session.let_go()
         except StoreDown as exc:
             self._store_refusals.log(log, logging.ERROR, "state store down (%s): callback %s not saved",
                                      exc, session.id)
@@ -375,9 +399,10 @@ class Session:
         self._timers: dict[str, object] = {}
         self._due: dict[str, float] = {}  # epoch seconds each running timer fires at
         self._playing = False
+        self._gone = False  # taken over by another engine
 
     @classmethod
-    def resumed(cls, engine: Engine, record: dict) -> "Session":
+    def resumed(cls, engine: Engine, record: dict, moved: bool = False) -> "Session":
         """The callback of `record` (see `record()`), saved by this engine before it restarted.
 
         Timers are armed again for what is left of them (none left: at once);
@@ -396,8 +421,8 @@ class Session:
         session.pbx_sdp, session.employee_sdp = media["pbx_sdp"], media["employee_sdp"]
         session.employee_facing, session.employee_media = media["employee_facing"], media["employee_media"]
         session._playing = media["playing"]
-        session.employee_leg = session._resumed_leg(record["legs"]["employee"], session.employee, EmployeeLeg)
-        session.client_leg = session._resumed_leg(record["legs"]["client"], None, ClientLeg)
+        session.employee_leg = session._resumed_leg(record["legs"]["employee"], EmployeeLeg, moved)
+        session.client_leg = session._resumed_leg(record["legs"]["client"], ClientLeg, moved)
         now = time.time()
         for name in session.machine.snapshot()["timers"]:
             left = max(0.0, record["due"].get(name, now) - now)
@@ -405,12 +430,16 @@ class Session:
         log.info("callback %s: resumed in %s", session.id, session.machine.state)
         return session
 
-    def _resumed_leg(self, saved: dict | None, number: str | None, handler):
+    def _resumed_leg(self, saved: dict | None, handler, moved: bool):
+        """`moved`: the callback came from another engine, whose address the phones still call."""
         if saved is None:
             return None
         if saved.get("dialog"):
-            return self.sip.resume(saved["leg_id"], saved["to_uri"], self.did.number, saved["dialog"],
-                                   handler(self))
+            leg = self.sip.resume(saved["leg_id"], saved["to_uri"], self.did.number, saved["dialog"],
+                                  handler(self))
+            if moved:
+                leg.refresh_target()
+            return leg
         if saved.get("pending"):
             return PendingLeg(self.sip, saved)
         return None
@@ -446,6 +475,8 @@ class Session:
 
     def feed(self, event: str, *args) -> None:
         """Hand an event to the machine and carry out what it says."""
+        if self._gone:
+            return
         before = self.machine.state
         commands = getattr(self.machine, event)(*args, time.time())
         if self.machine.state != before:
@@ -524,6 +555,14 @@ class Session:
             self.engine.ng.stop_media(self.media_call_id, EMPLOYEE_TAG)
         except NgError as exc:  # the file had ended by itself
             log.debug("callback %s: stop media: %s", self.id, exc)
+
+    def let_go(self) -> None:
+        """Another engine runs this callback now: stop its timers here, touch nothing else."""
+        self._gone = True
+        for name in list(self._timers):
+            self._cancel_timer(name)
+        self.engine.sessions.pop((self.did.number, self.employee), None)
+        self.engine._by_media.pop(self.media_call_id, None)
 
     def finish(self, cdr: machine.Cdr) -> None:
         for name in list(self._timers):

@@ -319,6 +319,21 @@ class Leg:
             "remote_sdp": self.remote_sdp,
         }
 
+    def refresh_target(self) -> None:
+        """Tell the far end to send this dialog's requests here (a re-INVITE with our Contact).
+
+        For a leg resumed by another engine than the one that placed it: the
+        far end still sends its BYE to the old engine's address. The offer is
+        the same SDP under a new version, so media stay as they are.
+        """
+        self._endpoint._check_thread()
+        ua = self._ua
+        if self.state is not LegState.ANSWERED or ua is None or ua.lSDP is None:
+            return
+        ua.lContact = SipContact(address=SipAddress(url=SipURL(username=self.from_user), hadbrace=True))
+        ua.recvEvent(CCEventUpdate(MsgBody(_next_version(str(ua.lSDP)))))
+        log.info("leg %s: re-INVITE to move the dialog to this engine", self.leg_id)
+
     def pending(self) -> dict[str, Any] | None:
         """The INVITE of a leg not answered yet, as sent, and where to (see `cancel_pending`)."""
         if self.state not in (LegState.CALLING, LegState.RINGING) or self._ua is None or self._ua.tr is None:
@@ -688,6 +703,18 @@ class SipEndpoint:
             reply = self._reply(req, code, reason)
         log.info("trigger did=%s caller=%s call-id=%s -> %d %s", did, caller, call_id, code, reason)
         return reply
+
+
+def _next_version(sdp: str) -> str:
+    """The SDP with its o= session version one up (RFC 4566: a new offer of the same session)."""
+    lines = sdp.replace("\r\n", "\n").split("\n")
+    for i, line in enumerate(lines):
+        fields = line.split(" ")
+        if line.startswith("o=") and len(fields) >= 6 and fields[2].isdigit():
+            fields[2] = str(int(fields[2]) + 1)
+            lines[i] = " ".join(fields)
+            break
+    return _crlf("\n".join(lines))
 
 
 def _parsed(header: Any) -> Any:

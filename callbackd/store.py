@@ -16,7 +16,13 @@ Keys, all under `vpbx:`:
   engine renews while the callback lasts;
 * `callback:<id>`: the callback's record (JSON), written at each transition;
   `owed` is the sorted set of the ids still in progress, scored by when the
-  record was written, so a restarted engine finds what it owes.
+  record was written, so a restarted engine finds what it owes;
+* `owners`: hash of callback id -> the engine that runs it (its name);
+* `engine:<name>`: an engine's heartbeat, a key it renews every
+  HEARTBEAT_S that lapses ENGINE_TTL_S after it died. Another engine takes
+  over the callbacks of an engine whose heartbeat lapsed (`take_over`); an
+  engine that was only slow finds its records taken (`save` refuses) and
+  lets them go.
 """
 
 from __future__ import annotations
@@ -38,6 +44,10 @@ CLAIM_RENEW_S = 30
 # A callback's record outlives any callback (ring, retries, digits, the
 # longest call) and then lapses by itself.
 RECORD_TTL_S = 26 * 3600
+# Heartbeats: an engine that died is taken over within ENGINE_TTL_S plus one
+# round of its peers' HEARTBEAT_S checks.
+HEARTBEAT_S = 2.0
+ENGINE_TTL_S = 6
 # Redis answers on loopback or the hosts' internal network; a store that does
 # not answer within this is taken as down (see callbackd.engine: the trigger is
 # then routed by the DID's scheme, never dialled unchecked).
@@ -65,6 +75,29 @@ return 0
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return 0
+"""
+
+
+# Save a record unless another engine took the callback over.
+_SAVE = """
+local owner = redis.call('HGET', KEYS[2], ARGV[1])
+if owner and owner ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[4])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+return 1
+"""
+# Take a callback over from an engine whose heartbeat lapsed; its claim too.
+_TAKE_OVER = """
+local owner = redis.call('HGET', KEYS[1], ARGV[1])
+if owner == ARGV[2] then return 1 end
+if not owner or redis.call('EXISTS', ARGV[3] .. owner) == 1 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local holder = redis.call('GET', KEYS[2])
+if holder == owner .. '/' .. ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2] .. '/' .. ARGV[1], 'EX', ARGV[4])
+end
+return 1
 """
 
 
@@ -109,6 +142,8 @@ class Callbacks:
         self._client = client
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
+        self._save = client.register_script(_SAVE)
+        self._take_over = client.register_script(_TAKE_OVER)
 
     def claim(self, did: str, employee: str, callback_id: str) -> str | None:
         """Take `employee` on `did` for `callback_id`; None when taken, else the id that holds it."""
@@ -150,13 +185,12 @@ class Callbacks:
             raise StoreDown(str(exc)) from exc
         return dropped
 
-    def save(self, callback_id: str, record: dict[str, Any], now: float) -> None:
-        """The callback's record as it is now; the engine writes it at each transition."""
+    def save(self, engine: str, callback_id: str, record: dict[str, Any], now: float) -> bool:
+        """The callback's record as it is now; False when another engine took it over."""
         try:
-            with self._client.pipeline(transaction=True) as pipe:
-                pipe.set(_key("callback", callback_id), json.dumps(record, sort_keys=True), ex=RECORD_TTL_S)
-                pipe.zadd(_key("owed"), {callback_id: now})
-                pipe.execute()
+            return bool(self._save(keys=[_key("callback", callback_id), _key("owners"), _key("owed")],
+                                   args=[callback_id, engine, json.dumps(record, sort_keys=True),
+                                         RECORD_TTL_S, now]))
         except redis.RedisError as exc:
             raise StoreDown(str(exc)) from exc
 
@@ -166,21 +200,56 @@ class Callbacks:
             with self._client.pipeline(transaction=True) as pipe:
                 pipe.delete(_key("callback", callback_id))
                 pipe.zrem(_key("owed"), callback_id)
+                pipe.hdel(_key("owners"), callback_id)
                 pipe.execute()
         except redis.RedisError as exc:
             raise StoreDown(str(exc)) from exc
 
+    def heartbeat(self, engine: str) -> None:
+        """This engine is alive for ENGINE_TTL_S more."""
+        try:
+            self._client.set(_key("engine", engine), "1", ex=ENGINE_TTL_S)
+        except redis.RedisError as exc:
+            raise StoreDown(str(exc)) from exc
+
+    def orphans(self) -> dict[str, str]:
+        """The callbacks whose engine's heartbeat lapsed: id -> that engine."""
+        try:
+            owners = self._client.hgetall(_key("owners"))
+            engines = sorted(set(owners.values()))
+            alive = dict(zip(engines, self._client.mget([_key("engine", e) for e in engines]),
+                             strict=True)) if engines else {}
+        except redis.RedisError as exc:
+            raise StoreDown(str(exc)) from exc
+        return {cid: engine for cid, engine in owners.items() if alive.get(engine) is None}
+
+    def take_over(self, callback_id: str, record: dict[str, Any], engine: str) -> bool:
+        """Make `engine` the owner of a callback whose engine died (and of its claim)."""
+        try:
+            return bool(self._take_over(
+                keys=[_key("owners"), _key("claim", record["did"], record["employee"])],
+                args=[callback_id, engine, _key("engine", ""), CLAIM_TTL_S]))
+        except redis.RedisError as exc:
+            raise StoreDown(str(exc)) from exc
+
     def owed(self) -> dict[str, dict[str, Any]]:
-        """Every record still in progress, by id (a record that lapsed is dropped from the index)."""
+        """Every record still in progress, by id, its `engine` the one that owns it now.
+
+        A record that lapsed is dropped from the index.
+        """
         try:
             ids = self._client.zrange(_key("owed"), 0, -1)
             records = self._client.mget([_key("callback", i) for i in ids]) if ids else []
+            owners = self._client.hgetall(_key("owners"))
         except redis.RedisError as exc:
             raise StoreDown(str(exc)) from exc
         found = {}
         for callback_id, raw in zip(ids, records, strict=True):
             if raw is None:
                 self._client.zrem(_key("owed"), callback_id)
+                self._client.hdel(_key("owners"), callback_id)
                 continue
-            found[callback_id] = json.loads(raw)
+            record = json.loads(raw)
+            record["engine"] = owners.get(callback_id, record.get("engine"))
+            found[callback_id] = record
         return found

@@ -420,6 +420,27 @@ def test_a_resumed_leg_answers_the_far_ends_bye_and_reports_it(engine, sipp):
     assert resumed.state.value == "ended"
 
 
+def test_a_leg_taken_over_moves_its_dialog_here_with_the_same_media(engine, sipp):
+    port = far_end_port()
+    uas = sipp.start_uas(SCENARIOS / "leg_uas_moved.xml", FAR_END_IP, port, {})
+    leg, handler = engine.originate("to-move", port)
+    handler.wait_for("answered")
+    dialog = _lost(engine, leg)
+    # Another engine's dialog, as far as the far end knows: the Contact it saw was elsewhere.
+    dialog["contact"] = f"<sip:{DID}@127.0.0.99:5070>"
+
+    moved, handler = _resumed(engine, "moved", dialog)
+    engine.on_reactor(moved.refresh_target)
+    uas.wait_for_log("sdp_version=2", timeout=EVENT_WAIT)
+    engine.on_reactor(moved.hang_up)
+    assert handler.wait_for("disconnected") == ("disconnected", "local")
+    uas.expect_success()
+    first, second = uas.log_lines()[:2]
+    contact = second.split("contact=")[1].split()[0]
+    assert "sdp_version=1" in first and f"@{ENGINE[0]}" in contact and "127.0.0.99" not in contact
+    assert first.split("media=")[1] == second.split("media=")[1]
+
+
 def test_an_invite_left_ringing_by_an_earlier_process_is_cancelled(engine, sipp):
     uas, port = far_end(sipp, "ring")
     leg, handler = engine.originate("left-ringing", port)

@@ -131,13 +131,33 @@ def test_only_the_holder_renews_its_lease(redis_url):
 
 def test_a_record_saved_by_one_engine_is_owed_until_forgotten(redis_url):
     writer, reader = Callbacks(connect(redis_url)), Callbacks(connect(redis_url))
-    writer.save("cb-1", {"state": "waiting", "due_at": 12.5}, now=1.0)
-    writer.save("cb-1", {"state": "calling_employee", "due_at": None}, now=2.0)
-    writer.save("cb-2", {"state": "waiting"}, now=3.0)
-    assert reader.owed() == {"cb-1": {"state": "calling_employee", "due_at": None},
-                             "cb-2": {"state": "waiting"}}
+    assert writer.save("e1", "cb-1", {"state": "waiting", "due_at": 12.5}, now=1.0)
+    assert writer.save("e1", "cb-1", {"state": "calling_employee", "due_at": None}, now=2.0)
+    assert writer.save("e1", "cb-2", {"state": "waiting"}, now=3.0)
+    assert reader.owed() == {"cb-1": {"state": "calling_employee", "due_at": None, "engine": "e1"},
+                             "cb-2": {"state": "waiting", "engine": "e1"}}
     writer.forget("cb-1")
     assert list(reader.owed()) == ["cb-2"]
+
+
+def test_only_the_callbacks_of_a_dead_engine_are_taken_over_and_by_one_engine(redis_url):
+    dead, alive, other = (Callbacks(connect(redis_url)) for _ in range(3))
+    record = {"did": DID, "employee": EMPLOYEE}
+    dead.save("e1", "cb-1", record, now=1.0)
+    alive.heartbeat("e2")
+    alive.save("e2", "cb-2", {"did": DID, "employee": COLLEAGUE}, now=1.0)
+    assert dead.claim(DID, EMPLOYEE, "e1/cb-1") is None
+    # e1 never beat (or its heartbeat lapsed): its callback is an orphan, e2's is not.
+    assert alive.orphans() == {"cb-1": "e1"}
+    assert alive.take_over("cb-2", record, "e3") is False
+    assert alive.take_over("cb-1", record, "e2") is True
+    assert other.take_over("cb-1", record, "e3") is False  # e2 is alive and owns it now
+    assert alive.owed()["cb-1"]["engine"] == "e2"
+    # The claim moved with it: the employee's repeated trigger still finds it served.
+    assert alive.claim(DID, EMPLOYEE, "e3/cb-9") == "e2/cb-1"
+    # The engine taken for dead can no longer write the record it lost.
+    assert dead.save("e1", "cb-1", record, now=2.0) is False
+    assert alive.orphans() == {}
 
 
 def test_a_store_that_does_not_answer_is_reported_down(tmp_path):
@@ -241,3 +261,17 @@ def test_a_restarted_engine_releases_the_claims_it_held_and_no_other_engines(red
     # The colleague's call-back, on the other engine, is still that engine's.
     assert ACCEPT_HEADER in on_trigger(restarted, COLLEAGUE)[2]
     assert (DID, COLLEAGUE) not in restarted.sessions
+
+
+def test_an_engine_that_died_is_taken_over_and_one_taken_for_dead_lets_go(redis_url, tmp_path):
+    dead, alive = engine_on(redis_url, tmp_path), engine_on(redis_url, tmp_path)
+    alive.name = "127.0.0.2:5070"
+    assert ACCEPT_HEADER in on_trigger(dead)[2]  # an owed call-back; its engine never beats again
+    alive.claims.heartbeat(alive.name)
+    alive._keep_alive()
+    assert (DID, EMPLOYEE) in alive.sessions
+    # The employee's repeated trigger, on either engine, makes no second call-back.
+    assert ACCEPT_HEADER in on_trigger(alive)[2] and len(alive.sessions) == 1
+    # The first engine was only slow: its next save finds the callback another's.
+    dead.persist(dead.sessions[(DID, EMPLOYEE)])
+    assert dead.sessions == {}
