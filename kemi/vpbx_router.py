@@ -22,6 +22,11 @@ Rules of the road:
   contacts are bound to the address a phone registered from; our X-Vpbx-*
   headers and, from anyone but a trunk or an engine, asserted identities
   are removed before anything reads them.
+- Registrations live in the location store (usrloc over db_redis, one Redis
+  for every edge), not in this process: a binding made through another edge,
+  or before a restart, is found here. When that store does not answer, a
+  REGISTER is refused with 503 and the log says so; calls that need no
+  registration go on.
 """
 
 import importlib
@@ -65,7 +70,10 @@ AVP_OUT = "$avp(vpbx_out)"
 # trigger it took with this header; anything else (timeout, 5xx) means the
 # caller is routed by the DID's scheme instead.
 ENGINE_SET = 1
-ENGINE_ALGORITHM = 4
+# Hash over dispatcher's hash_pvar (kamailio.cfg), which is AVP_CALLER:
+# the employee's number. Each employee's triggers reach one engine while it is
+# up; when it is down, the next one (ds_next_dst in the failure route).
+ENGINE_ALGORITHM = 7
 ENGINE_TIMEOUT_MS = 2000
 ENGINE_ACCEPT_HEADER = "X-Vpbx-Callback"
 TRIGGER_DID_HEADER = "X-Vpbx-Did"
@@ -87,6 +95,13 @@ OWN_HEADERS_RE = "^[Xx]-[Vv][Pp][Bb][Xx]-"
 # Identities only a trunk (the carrier) or an engine (the DID it presents) asserts.
 ASSERTED_IDENTITY_HEADERS = ("P-Asserted-Identity", "P-Preferred-Identity", "Remote-Party-ID")
 LOCATION = "location"
+# registrar save() flag: send no reply; the router answers (503 when the store is down).
+SAVE_NO_REPLY = 2
+# ndb_redis server (kamailio.cfg) that reaches the location store, and its reply's name.
+LOCATION_STORE = "vpbx_location"
+LOCATION_PING = "vpbx_location_ping"
+# reg_fetch_contacts profile: an extension's bindings, read to see where it registered from.
+BINDINGS = "vpbx_bindings"
 # What an unknown extension's credentials are checked against: a secret of
 # this process, so no digest matches it.
 NO_PASSWORD = secrets.token_hex(32)
@@ -149,10 +164,14 @@ def mod_init():
 class EdgeSettings:
     """The edge's protections from edge.json: who is never banned, what bans."""
 
-    def __init__(self, trusted_sources=(), engines=(), auth_failures=5, scanner_user_agents=()):
+    def __init__(self, trusted_sources=(), engines=(), auth_failures=5, scanner_user_agents=(),
+                 location_store="", location_retry_after=30):
         import netaddr  # from the runtime virtualenv, on sys.path only after _use_runtime()
 
         self.trusted = netaddr.IPSet(trusted_sources)
+        # Empty: registrations in Kamailio's memory, no store to ask.
+        self.location_store = location_store
+        self.location_retry_after = int(location_retry_after)
         self.engine_hosts = frozenset(e.rpartition(":")[0].strip("[]") for e in engines)
         self.auth_failures = int(auth_failures)
         self.scanner = (re.compile("|".join(f"(?:{p})" for p in scanner_user_agents), re.IGNORECASE)
@@ -369,11 +388,50 @@ class VpbxRouter:
             return STOP
         # Bound to where the phone really is: calls to it go to this source.
         KSR.nathelper.fix_nated_register()
-        if KSR.registrar.save(LOCATION, 0) < 0:
-            KSR.sl.sl_reply_error()
-            return STOP
-        KSR.htable.sht_sets(REGSRC_TABLE, KSR.pv.get("$si"), user)
+        if KSR.registrar.save(LOCATION, SAVE_NO_REPLY) < 0:
+            if not self.location_store_answers():
+                KSR.err(f"{LOG_PREFIX}REGISTER of {user} from {source} not saved: the location store "
+                        f"{self.edge.location_store} does not answer; refused with 503, "
+                        f"registered phones are not found meanwhile\n")
+                KSR.hdr.append_to_reply(f"Retry-After: {self.edge.location_retry_after}\r\n")
+                KSR.sl.sl_send_reply(503, "Location Store Unavailable")
+                return STOP
+            KSR.notice(f"{LOG_PREFIX}REGISTER of {user} from {source} not saved: refused by the "
+                       f"registrar (its error line says why)\n")
+        else:
+            KSR.htable.sht_sets(REGSRC_TABLE, source, user)
+        # The registrar's own answer: 200 with the bindings, or its error.
+        KSR.registrar.reg_send_reply()
         return STOP
+
+    def location_store_answers(self):
+        """The location store answers a PING (always true without a store: memory never goes away)."""
+        if not self.edge.location_store:
+            return True
+        answered = KSR.ndb_redis.redis_cmd(LOCATION_STORE, "PING", LOCATION_PING) > 0
+        KSR.ndb_redis.redis_free(LOCATION_PING)
+        return answered
+
+    def registered_from(self, source):
+        """Whether an extension registered from `source`: this edge's table of sources, else the
+        bindings of the extension the request claims to be (From), which may have been saved
+        through another edge or before a restart of this one."""
+        if KSR.htable.sht_get(REGSRC_TABLE, source) is not None:
+            return True
+        user = KSR.pv.get("$fU")
+        if user not in self.config.extensions:
+            return False
+        if KSR.registrar.reg_fetch_contacts(LOCATION, f"sip:{user}@{self.realm}", BINDINGS) < 0:
+            return False
+        try:
+            count = int(KSR.pv.get(f"$(ulc({BINDINGS}=>count))") or 0)
+            received = [KSR.pv.get(f"$(ulc({BINDINGS}=>received)[{i}])") for i in range(count)]
+        finally:
+            KSR.registrar.reg_free_contacts(BINDINGS)
+        if source not in received_hosts(received):
+            return False
+        KSR.htable.sht_sets(REGSRC_TABLE, source, user)
+        return True
 
     def ksr_route_origin(self):
         source = KSR.pv.get("$si")
@@ -385,7 +443,7 @@ class VpbxRouter:
         user = KSR.pv.get("$au")
         if not user:
             # Only addresses that registered are worth a challenge.
-            if KSR.htable.sht_get(REGSRC_TABLE, source) is None:
+            if not self.registered_from(source):
                 return self.decide.FromStranger()
             KSR.auth.auth_challenge(self.realm, CHALLENGE_QOP)
             return None
@@ -540,6 +598,10 @@ class VpbxRouter:
                 KSR.registrar.lookup_to_dset(LOCATION, aor)
             else:
                 found = KSR.registrar.lookup_uri(LOCATION, aor) > 0
+        # The registrar finds no binding in a store that does not answer either: say which it was.
+        if not found and not self.location_store_answers():
+            KSR.err(f"{LOG_PREFIX}the location store {self.edge.location_store} does not answer: "
+                    f"{','.join(extensions)} taken as not registered\n")
         return found
 
     def ksr_route_relay(self, media=True):
@@ -612,6 +674,20 @@ class VpbxRouter:
             return 1
         self.ksr_route_scheme_step(did, int(step) + 1, offered=True)
         return 1
+
+
+def received_hosts(uris) -> set:
+    """The hosts of the received URIs of bindings ("sip:192.0.2.7:5060;transport=tcp", "sip:[::1]:5060")."""
+    hosts = set()
+    for uri in uris:
+        if not uri:
+            continue
+        hostport = uri.split(":", 1)[-1].split(";", 1)[0].rsplit("@", 1)[-1]
+        if hostport.startswith("["):
+            hosts.add(hostport[1:].split("]", 1)[0])
+        else:
+            hosts.add(hostport.rsplit(":", 1)[0])
+    return hosts
 
 
 def _origin_text(origin) -> str:
