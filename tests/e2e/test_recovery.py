@@ -299,8 +299,23 @@ def test_callbackd_killed_while_the_employee_is_asked_for_digits_hangs_up_polite
     assert cdr["employee_answer_at"] and cdr["end_at"]
 
 
-def test_callbackd_killed_during_a_bridged_call_keeps_its_audio_and_passes_the_hang_up_with_one_cdr(
-    sipp, tmp_path, pbx_address, carrier_ip, trunk_port, callback_did, listed_caller, records,
+def callbackd_back(callback_id: str) -> Callable[[], None]:
+    log = Tail(ENGINE_LOG)
+
+    def wait() -> None:
+        log.wait_for(f"callback {callback_id}: resumed in bridged", timeout=RECOVERY_WAIT)
+    return wait
+
+
+def rtpengine_back(callback_id: str) -> Callable[[], None]:
+    ng = health.project_address("rtpengine_ng_listen")
+    return lambda: wait_until(f"RTPengine answers an ng ping at {ng}", lambda: health.rtpengine_answers(ng))
+
+
+@pytest.mark.parametrize(("service", "back"), [(services.CALLBACKD, callbackd_back),
+                                               (services.RTPENGINE, rtpengine_back)])
+def test_a_service_killed_during_a_bridged_call_keeps_its_audio_and_the_hang_up_ends_both_with_one_cdr(
+    sipp, tmp_path, pbx_address, carrier_ip, trunk_port, callback_did, listed_caller, records, service, back,
 ):
     cdrs = Cdrs(CDR_FILE)
     employee_pcap = dtmf_then_tone_pcap(tmp_path / "employee.pcap", CLIENT_NUMBER + "#", EMPLOYEE_SSRC,
@@ -314,18 +329,19 @@ def test_callbackd_killed_during_a_bridged_call_keeps_its_audio_and_passes_the_h
     employee_media, client_media = media_of(far_end, "employee"), media_of(far_end, "client")
     wait_until("the bridged call is in the store", in_state(records, callback_did, listed_caller, "bridged"))
     callback_id = records(callback_did, listed_caller)["id"]
-    log = Tail(ENGINE_LOG)
+    service_is_back = back(callback_id)
 
-    engine_killed_and_back()
-    # Media after the crash: RTPengine still relays both ways.
+    killed = kill_outright(service)
+    wait_until(f"{service} runs again", runs_again(service, killed))
+    # Media after the crash: RTPengine relays both ways (still, or again from its Redis).
     with Capture(bpf=f"udp and src host {pbx_address.host} and dst host {carrier_ip}") as wire:
-        log.wait_for(f"callback {callback_id}: resumed in bridged", timeout=RECOVERY_WAIT)
+        service_is_back()
         time.sleep(MEDIA_SAMPLE_S)
     streams = rtp_streams(wire.path)
     assert CLIENT_SSRC in {s.ssrc for s in streams if s.src[1] == employee_media[1]}, streams
     assert EMPLOYEE_SSRC in {s.ssrc for s in streams if s.src[1] == client_media[1]}, streams
 
-    # The employee's BYE reaches the restarted engine, which hangs up the client.
+    # The employee's BYE reaches the engine, which hangs up the client.
     far_end.expect_success(timeout=FLOW_TIMEOUT)
     [cdr] = cdrs.wait(callback_did.number, listed_caller, timeout=RECOVERY_WAIT)
     assert (cdr["id"], cdr["result"], cdr["ended_by"]) == (callback_id, "bridged", "employee")
