@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     sip = SipEndpoint(settings.sip_listen, engine.on_trigger, trusted=settings.trusted_proxies,
                       outbound_proxy=settings.proxy)
     engine.attach(sip)
-    sip.open_udp(settings.dtmf_listen, engine.on_dtmf_datagram)
+    engine.dtmf_socket = sip.open_udp(settings.dtmf_listen, engine.on_dtmf_datagram)
 
     def stop() -> None:
         engine.shutdown()

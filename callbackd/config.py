@@ -31,6 +31,9 @@ class Settings:
     # Redis shared by the engines (callbackd.store): claims and limits; None
     # keeps them in this engine's memory (one engine only).
     state_store: str | None = None
+    # The other media relays' ng sockets: a callback whose relay (rtpengine_ng)
+    # does not answer is placed on the next one.
+    other_relays: tuple[Address, ...] = ()
 
 
 def _address(key: str, value: Any) -> Address:
@@ -68,7 +71,7 @@ def load_settings(path: str | Path) -> Settings:
     for key in raw:
         if key not in known:
             raise SettingsError(f"{key}: unknown setting (known: {', '.join(sorted(known))})")
-    missing = sorted(known - set(raw) - {"log_file", "state_store"})
+    missing = sorted(known - set(raw) - {"log_file", "state_store", "other_relays"})
     if missing:
         raise SettingsError(f"{missing[0]}: is required")
     timeout = raw["client_ring_timeout"]
@@ -88,7 +91,14 @@ def load_settings(path: str | Path) -> Settings:
         prompts_dir=Path(raw["prompts_dir"]),
         client_ring_timeout=float(timeout),
         state_store=_store_url("state_store", raw.get("state_store")),
+        other_relays=_addresses("other_relays", raw.get("other_relays", [])),
     )
+
+
+def _addresses(key: str, value: Any) -> tuple[Address, ...]:
+    if not isinstance(value, list):
+        raise SettingsError(f"{key}: must be a list of IP:PORT, got {value!r}")
+    return tuple(_address(f"{key}[{i}]", item) for i, item in enumerate(value))
 
 
 STORE_SCHEMES = ("redis://", "rediss://", "unix://")

@@ -84,6 +84,13 @@ LEG_RING_MARGIN_S = 5.0
 # RTPengine's own `timeout` (role rtpengine), after which it drops the call.
 MEDIA_TIMEOUT_S = 60.0
 MEDIA_CHECK_S = 15.0
+# A relay that did not answer an offer gets no new callback for this long.
+RELAY_DOWN_S = 30.0
+
+
+def _address(text: str) -> tuple[str, int] | None:
+    host, _, port = text.rpartition(":")
+    return (host.strip("[]"), int(port)) if host and port.isdigit() else None
 
 
 def _ip(host: str) -> str:
@@ -111,8 +118,14 @@ class Engine:
         self.sip: SipEndpoint | None = None
         self.sessions: dict[tuple[str, str], Session] = {}
         self._by_media: dict[str, Session] = {}
-        # RTPengine sends its DTMF log from the host of its ng socket.
-        self._rtpengine_ip = _ip(settings.rtpengine_ng[0])
+        # This engine's relay first, then the others: a callback goes to the first that answers.
+        self._relays = [ng] + [NgClient(address) for address in settings.other_relays]
+        self._relay_down_until: dict[tuple[str, int], float] = {}
+        # RTPengine sends its DTMF log from the host of its ng socket; other
+        # engines forward the digits of the callbacks they do not run.
+        self._relay_ips = frozenset(_ip(a[0]) for a in (settings.rtpengine_ng, *settings.other_relays))
+        self._peers_dtmf: dict[str, tuple[str, int]] = {}  # engine -> its DTMF address
+        self.dtmf_socket = None
         self._dtmf_refusals = LogLimiter()
         self.limits = limits if limits is not None else MemoryLimits()
         self.claims = claims
@@ -133,7 +146,7 @@ class Engine:
         sip.call_later(MEDIA_CHECK_S, self._check_media)
         if self.claims is not None:
             try:
-                self.claims.heartbeat(self.name)
+                self.claims.heartbeat(self.name, self._dtmf_address())
                 resumed = self._resume()
                 dropped = self.claims.drop_engine(self.name, keep={self._token(i) for i in resumed})
                 if dropped:
@@ -143,10 +156,15 @@ class Engine:
             sip.call_later(CLAIM_RENEW_S, self._renew_claims)
             sip.call_later(HEARTBEAT_S, self._keep_alive)
 
+    def _dtmf_address(self) -> str:
+        return "{}:{}".format(*self.settings.dtmf_listen)
+
     def _keep_alive(self) -> None:
         """Say this engine lives; take over the callbacks of engines that died."""
         try:
-            self.claims.heartbeat(self.name)
+            self.claims.heartbeat(self.name, self._dtmf_address())
+            self._peers_dtmf = {name: _address(dtmf) for name, dtmf in self.claims.engines().items()
+                                if name != self.name and _address(dtmf) is not None}
             for callback_id, engine in self.claims.orphans().items():
                 if engine != self.name:
                     self._take_over(callback_id, engine)
@@ -233,7 +251,7 @@ class Engine:
         self.sip.call_later(MEDIA_CHECK_S, self._check_media)
 
     def _end_if_silent(self, session: "Session") -> None:
-        last = self.ng.last_media_at(session.media_call_id)
+        last = session.ng.last_media_at(session.media_call_id)
         silent = time.time() - last if last is not None else float("inf")
         if silent > MEDIA_TIMEOUT_S:
             log.warning("callback %s: no media for %s, ending it", session.id,
@@ -329,7 +347,8 @@ class Engine:
             log.error("state store down (%s): the claim of callback %s lapses by itself", exc, callback_id)
 
     def on_dtmf_datagram(self, data: bytes, source: tuple[str, int]) -> None:
-        if _ip(source[0]) != self._rtpengine_ip:
+        from_relay = _ip(source[0]) in self._relay_ips
+        if not from_relay and _ip(source[0]) not in {_ip(a[0]) for a in self._peers_dtmf.values()}:
             self._dtmf_refusals.log(log, logging.WARNING, "DTMF datagram from %s:%s dropped: not RTPengine",
                                     source[0], source[1])
             return
@@ -338,6 +357,8 @@ class Engine:
             return
         session = self._by_media.get(event.call_id)
         if session is None:
+            if from_relay:  # never forwarded twice
+                self._forward_dtmf(data, event.call_id)
             return
         # Only what the employee types counts: the client's keys are the client's,
         # and what anyone else sends to the employee's port is nobody's.
@@ -347,6 +368,55 @@ class Engine:
             self._dtmf_refusals.log(log, logging.WARNING, "callback %s: digit from %s ignored: not the "
                                     "employee's media address %s", session.id, event.source_ip,
                                     session.employee_media)
+
+    def _forward_dtmf(self, data: bytes, media_call_id: str) -> None:
+        """A relay reports its digits to one engine: those of another engine's callback go on to it."""
+        if self.claims is None or self.dtmf_socket is None or not media_call_id.startswith("callback-"):
+            return
+        try:
+            owner = self.claims.owner(media_call_id.removeprefix("callback-"))
+        except StoreDown as exc:
+            self._store_refusals.log(log, logging.ERROR, "state store down (%s): digit not forwarded", exc)
+            return
+        address = self._peers_dtmf.get(owner) if owner and owner != self.name else None
+        if address is not None:
+            self.dtmf_socket.send(data, address)
+
+    def relay(self, address: tuple[str, int] | list | None = None) -> NgClient:
+        """The client of the relay at `address` (a resumed callback's), else this engine's own."""
+        if address is None:
+            return self._relays[0]
+        address = (address[0], int(address[1]))
+        for client in self._relays:
+            if client is not None and tuple(client.address) == address:
+                return client
+        client = NgClient(address)
+        self._relays.append(client)
+        return client
+
+    def offer_on_a_relay(self, session: "Session", offer) -> str:
+        """`offer(ng)` on the session's relay, else on the next relay that answers; its SDP.
+
+        A relay that does not answer gets no new callback for RELAY_DOWN_S;
+        once RTPengine holds a callback's media, the callback stays on it.
+        """
+        relays = [r for r in self._relays if r is not None]
+        candidates = [session.ng] if session.media_placed else [
+            r for r in relays if self._relay_down_until.get(tuple(r.address), 0) <= time.monotonic()
+        ] or relays[:1]
+        for client in candidates:
+            try:
+                sdp = offer(client)
+            except NgError as exc:
+                if session.media_placed or client is candidates[-1]:
+                    raise
+                log.warning("callback %s: relay %s:%s did not answer (%s), trying the next", session.id,
+                            *client.address, exc)
+                self._relay_down_until[tuple(client.address)] = time.monotonic() + RELAY_DOWN_S
+                continue
+            session.ng, session.media_placed = client, True
+            return sdp
+        raise NgError("offer", "no media relay configured")
 
     def shutdown(self) -> None:
         """End every callback in progress (hang up, CDR), then stop taking work."""
@@ -390,6 +460,8 @@ class Session:
             engine.prompts.seconds(did.number, settings.language),
             engine.settings.client_ring_timeout, time.time())
         self.machine.cdr.id = self.id
+        self.ng = engine.relay()  # the media relay of this callback
+        self.media_placed = False  # RTPengine holds the call: it stays on that relay
         self.employee_leg: Leg | PendingLeg | None = None
         self.client_leg: Leg | PendingLeg | None = None
         self.pbx_sdp: str | None = None  # RTPengine's B-facing SDP: what the client is offered
@@ -421,6 +493,8 @@ class Session:
         session.pbx_sdp, session.employee_sdp = media["pbx_sdp"], media["employee_sdp"]
         session.employee_facing, session.employee_media = media["employee_facing"], media["employee_media"]
         session._playing = media["playing"]
+        if media.get("relay"):
+            session.ng, session.media_placed = engine.relay(media["relay"]), True
         session.employee_leg = session._resumed_leg(record["legs"]["employee"], EmployeeLeg, moved)
         session.client_leg = session._resumed_leg(record["legs"]["client"], ClientLeg, moved)
         now = time.time()
@@ -456,6 +530,7 @@ class Session:
             "legs": {"employee": _saved_leg(self.employee_leg), "client": _saved_leg(self.client_leg)},
             "media": {
                 "call_id": self.media_call_id,
+                "relay": list(self.ng.address) if self.media_placed else None,
                 "record": self.did.callback.record,
                 "pbx_sdp": self.pbx_sdp,
                 "employee_sdp": self.employee_sdp,
@@ -526,15 +601,16 @@ class Session:
             case machine.Bridge():
                 log.info("callback %s: employee %s and client bridged", self.id, self.employee)
             case machine.MuteClient():
-                self.engine.media(self, self.engine.ng.block_media, self.media_call_id, PBX_TAG)
+                self.engine.media(self, self.ng.block_media, self.media_call_id, PBX_TAG)
             case machine.UnmuteClient():
-                self.engine.media(self, self.engine.ng.unblock_media, self.media_call_id, PBX_TAG)
+                self.engine.media(self, self.ng.unblock_media, self.media_call_id, PBX_TAG)
             case machine.Finished(cdr):
                 self.finish(cdr)
 
     def call_employee(self, attempt: int, ring_timeout: float) -> None:
-        sdp = self.engine.ng.offer(self.media_call_id, PBX_TAG, placeholder_sdp(),
-                                   record=self.did.callback.record, flags=list(BOUND_MEDIA_FLAGS))
+        sdp = self.engine.offer_on_a_relay(self, lambda ng: ng.offer(
+            self.media_call_id, PBX_TAG, placeholder_sdp(), record=self.did.callback.record,
+            flags=list(BOUND_MEDIA_FLAGS)))
         self.employee_facing = sdp
         self.employee_leg = self.sip.originate(
             f"{self.id}-employee-{attempt}", self._uri(self.employee), self.did.number, sdp,
@@ -542,7 +618,7 @@ class Session:
 
     def play(self, path: str, repeats: int | None = None) -> None:
         self.stop_playing()
-        self.engine.media(self, self.engine.ng.play_media, self.media_call_id, EMPLOYEE_TAG, path, repeats)
+        self.engine.media(self, self.ng.play_media, self.media_call_id, EMPLOYEE_TAG, path, repeats)
         self._playing = True
 
     def stop_playing(self) -> None:
@@ -552,7 +628,7 @@ class Session:
 
     def _stop_media(self) -> None:
         try:
-            self.engine.ng.stop_media(self.media_call_id, EMPLOYEE_TAG)
+            self.ng.stop_media(self.media_call_id, EMPLOYEE_TAG)
         except NgError as exc:  # the file had ended by itself
             log.debug("callback %s: stop media: %s", self.id, exc)
 
@@ -587,7 +663,7 @@ class Session:
     def _delete_then_record(self, cdr: machine.Cdr) -> None:
         """Media thread: end the RTPengine call, then the recording and the CDR."""
         try:
-            self.engine.ng.delete(self.media_call_id)
+            self.ng.delete(self.media_call_id)
         except NgError as exc:  # deleted before a restart, or dropped by RTPengine
             log.info("callback %s: RTPengine delete: %s", self.id, exc)
         finally:
@@ -696,7 +772,7 @@ class EmployeeLeg(LegHandler):
         session.employee_sdp = sdp
         session.employee_media = media.address if media is not None else None
         try:
-            session.pbx_sdp = session.engine.ng.answer(session.media_call_id, PBX_TAG, EMPLOYEE_TAG, sdp,
+            session.pbx_sdp = session.ng.answer(session.media_call_id, PBX_TAG, EMPLOYEE_TAG, sdp,
                                                        flags=list(BOUND_MEDIA_FLAGS))
         except NgError as exc:
             log.error("callback %s: RTPengine answer: %s", session.id, exc)
@@ -740,7 +816,7 @@ class ClientLeg(LegHandler):
         session = self.session
         if sdp_audio_endpoint(sdp) is None:
             raise ValueError("no audio in the client's SDP")
-        to_employee, _ = session.engine.ng.rebind(session.media_call_id, PBX_TAG, EMPLOYEE_TAG, sdp,
+        to_employee, _ = session.ng.rebind(session.media_call_id, PBX_TAG, EMPLOYEE_TAG, sdp,
                                                   session.employee_sdp)
         if sdp_audio_endpoint(to_employee) != sdp_audio_endpoint(session.employee_facing):
             raise ValueError(f"RTPengine moved the employee's port to {sdp_audio_endpoint(to_employee)}")

@@ -205,10 +205,27 @@ class Callbacks:
         except redis.RedisError as exc:
             raise StoreDown(str(exc)) from exc
 
-    def heartbeat(self, engine: str) -> None:
-        """This engine is alive for ENGINE_TTL_S more."""
+    def heartbeat(self, engine: str, dtmf: str = "") -> None:
+        """This engine is alive for ENGINE_TTL_S more; `dtmf`: where its RFC 4733 digits go."""
         try:
-            self._client.set(_key("engine", engine), "1", ex=ENGINE_TTL_S)
+            self._client.set(_key("engine", engine), dtmf or "-", ex=ENGINE_TTL_S)
+        except redis.RedisError as exc:
+            raise StoreDown(str(exc)) from exc
+
+    def engines(self) -> dict[str, str]:
+        """The engines alive: name -> the DTMF address each gave in its heartbeat."""
+        try:
+            keys = list(self._client.scan_iter(match=_key("engine", "*")))
+            values = self._client.mget(keys) if keys else []
+        except redis.RedisError as exc:
+            raise StoreDown(str(exc)) from exc
+        prefix = len(_key("engine", ""))
+        return {k[prefix:]: v for k, v in zip(keys, values, strict=True) if v is not None}
+
+    def owner(self, callback_id: str) -> str | None:
+        """The engine that runs a callback, None when no engine does."""
+        try:
+            return self._client.hget(_key("owners"), callback_id)
         except redis.RedisError as exc:
             raise StoreDown(str(exc)) from exc
 

@@ -8,6 +8,7 @@ import pytest
 from callbackd.config import Settings
 from callbackd.engine import ACCEPT_HEADER, NOT_DECIDED, Engine
 from callbackd.machine import Prompt
+from callbackd.rtpengine import NgTimeout
 from vpbx.model import load
 
 DID = "+421233000111"
@@ -143,3 +144,72 @@ def test_a_digit_rtpengine_saw_from_anyone_but_the_employee_does_not_count(engin
     engine.on_dtmf_datagram(datagram, RTPENGINE)
     engine.on_dtmf_datagram(digit(EMPLOYEE_MEDIA, event=11), RTPENGINE)
     assert session.fed == [("on_digit", "#")]
+
+
+# -- several engines, several relays -----------------------------------------------
+
+PEER = "127.0.0.2:5070"
+PEER_DTMF = ("127.0.0.2", 5071)
+
+
+class Owners:
+    """Stands in for the state store: who runs each callback."""
+
+    def __init__(self, owners: dict[str, str]) -> None:
+        self.owners = owners
+
+    def owner(self, callback_id: str) -> str | None:
+        return self.owners.get(callback_id)
+
+
+class Socket:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def send(self, data: bytes, address: tuple[str, int]) -> None:
+        self.sent.append((data, address))
+
+
+def test_the_digits_of_another_engines_callback_go_on_to_that_engine_only(engine):
+    engine.claims, engine.dtmf_socket = Owners({"s9": PEER}), Socket()
+    engine._peers_dtmf = {PEER: PEER_DTMF}
+    engine.on_dtmf_datagram(digit(EMPLOYEE_MEDIA, call_id="callback-s9"), RTPENGINE)
+    assert engine.dtmf_socket.sent == [(digit(EMPLOYEE_MEDIA, call_id="callback-s9"), PEER_DTMF)]
+    # A callback nobody runs, and one forwarded already: nothing goes anywhere.
+    engine.on_dtmf_datagram(digit(EMPLOYEE_MEDIA, call_id="callback-s8"), RTPENGINE)
+    engine.on_dtmf_datagram(digit(EMPLOYEE_MEDIA, call_id="callback-s9"), PEER_DTMF)
+    assert len(engine.dtmf_socket.sent) == 1
+
+
+def test_a_digit_forwarded_by_a_peer_engine_counts_and_one_from_a_stranger_does_not(engine, session):
+    engine._peers_dtmf = {PEER: PEER_DTMF}
+    engine.on_dtmf_datagram(digit(EMPLOYEE_MEDIA), PEER_DTMF)
+    engine.on_dtmf_datagram(digit(EMPLOYEE_MEDIA, event=7), ("127.0.0.66", 5071))
+    assert session.fed == [("on_digit", "5")]
+
+
+class Relay:
+    def __init__(self, port: int, answers: bool) -> None:
+        self.address, self.answers, self.offers = ("127.0.0.1", port), answers, 0
+
+    def offer(self) -> str:
+        self.offers += 1
+        if not self.answers:
+            raise NgTimeout("offer", "no reply")
+        return f"sdp of {self.address[1]}"
+
+
+def test_a_callback_goes_to_the_next_relay_when_its_own_does_not_answer_and_stays_there(engine):
+    down, up = Relay(2223, answers=False), Relay(2224, answers=True)
+    engine._relays = [down, up]
+    first = type("S", (), {"id": "s1", "ng": down, "media_placed": False})()
+    assert engine.offer_on_a_relay(first, lambda ng: ng.offer()) == "sdp of 2224"
+    assert first.ng is up and first.media_placed
+    # The relay that did not answer is skipped for the next callbacks.
+    second = type("S", (), {"id": "s2", "ng": down, "media_placed": False})()
+    engine.offer_on_a_relay(second, lambda ng: ng.offer())
+    assert (down.offers, second.ng) == (1, up)
+    # A retry of the first callback's call stays on the relay that holds its media.
+    engine._relay_down_until.clear()
+    engine.offer_on_a_relay(first, lambda ng: ng.offer())
+    assert (down.offers, up.offers) == (1, 3)
