@@ -30,7 +30,7 @@ check: venv
 test: lint unit molecule integration
 
 lint: venv
-	ruff check vpbx kemi plugins callbackd tests bench
+	ruff check vpbx kemi plugins callbackd cluster tests bench
 	ansible-lint --profile production playbooks roles molecule
 
 unit: venv

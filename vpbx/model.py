@@ -31,6 +31,13 @@ CONTRACT_KEYS = (
     "vpbx_callback_max_concurrent",
 )
 REQUIRED_KEYS = ("vpbx_default_country", "vpbx_sip_listen", "vpbx_trunks", "vpbx_numbers")
+# Keys of one host, not of the PBX: checked across the hosts by hosts(), and
+# neither in the Config nor in what dump() writes.
+HOST_KEYS = ("vpbx_internal_address",)
+# The groups whose hosts are the PBX's own: they alone reach its internal ports.
+PBX_GROUPS = ("sip_proxies", "media_relays", "callback_engines", "state_stores")
+# A PBX on one host needs no internal address: its parts meet on loopback.
+SINGLE_HOST_ADDRESS = "127.0.0.1"
 STEP_KINDS = ("ring", "forward", "reject")
 LANGUAGES = ("sk", "en")
 DEFAULT_RING_TIMEOUT = 20
@@ -248,8 +255,8 @@ def load(variables: Mapping[str, Any], *, rendered: bool = False) -> Config:
     """
     check = _Checker()
     for key in variables:
-        if key.startswith("vpbx_") and key not in CONTRACT_KEYS:
-            check.error(key, f"unknown variable (the contract has: {', '.join(CONTRACT_KEYS)})")
+        if key.startswith("vpbx_") and key not in CONTRACT_KEYS + HOST_KEYS:
+            check.error(key, f"unknown variable (the contract has: {', '.join(CONTRACT_KEYS + HOST_KEYS)})")
     for key in REQUIRED_KEYS:
         if key not in variables:
             check.error(key, "is required")
@@ -285,6 +292,49 @@ def load(variables: Mapping[str, Any], *, rendered: bool = False) -> Config:
         numbers=numbers,
         callback_max_concurrent=max_concurrent,
     )
+
+
+def hosts(groups: Mapping[str, list[str]], addresses: Mapping[str, Any]) -> dict[str, str]:
+    """Each host of the PBX (its groups' hosts) and its internal address.
+
+    `groups`: the inventory's groups ({"sip_proxies": ["edge1", ...], ...});
+    `addresses`: each host's `vpbx_internal_address` (absent or None where
+    unset). The internal address is where the host's internal ports listen
+    (RTPengine's ng, the engine's SIP and DTMF, Redis) and the address the
+    other hosts know it by. A PBX on one host may leave it out (loopback);
+    on several hosts each host needs its own, and each engine a media relay
+    of its own, which reports digits to one engine only (dtmf-log-dest).
+    """
+    check = _Checker()
+    members = list(dict.fromkeys(h for g in PBX_GROUPS for h in groups.get(g) or ()))
+    found: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for host in members:
+        value = addresses.get(host)
+        if value is None:
+            if len(members) > 1:
+                check.error("vpbx_internal_address", f"host {host} has none: on a PBX of several hosts "
+                            "each host needs the address the others reach it at")
+            else:
+                found[host] = SINGLE_HOST_ADDRESS
+            continue
+        try:
+            address = str(netaddr.IPAddress(str(value)))
+        except (netaddr.AddrFormatError, ValueError):
+            check.error("vpbx_internal_address", f"host {host}: {value!r} is not an IP address")
+            continue
+        if address in seen:
+            check.error("vpbx_internal_address", f"host {host}: {address} is host {seen[address]}'s too")
+        seen[address] = host
+        found[host] = address
+    engines = [h for h in groups.get("callback_engines") or () if h in members]
+    relays = [h for h in groups.get("media_relays") or () if h in members]
+    if len(set(engines) | set(relays)) > 1 and len(engines) > len(relays):
+        check.error("media_relays", f"{len(relays)} media relay(s) for {len(engines)} callback engines: "
+                    "each engine needs a media relay of its own (it reports the digits to one engine)")
+    if check.errors:
+        raise InventoryError(check.errors)
+    return found
 
 
 def _trunks(check: _Checker, value: Any) -> tuple[Trunk, ...]:

@@ -37,14 +37,28 @@ class ActionModule(ActionBase):
         variables = {
             name: self._templar.template(value)
             for name, value in task_vars.items()
-            if name.startswith("vpbx_") and name != "vpbx_config"
+            if name.startswith("vpbx_") and name != "vpbx_config" and name not in model.HOST_KEYS
         }
+        hostvars = task_vars.get("hostvars", {})
+        groups = task_vars.get("groups", {})
+        addresses = {
+            host: self._templar.template(hostvars[host].get("vpbx_internal_address"))
+            for group in model.PBX_GROUPS for host in groups.get(group, ())
+        }
+        problems: list[str] = []
+        config = None
+        try:
+            model.hosts(groups, addresses)
+        except model.InventoryError as exc:
+            problems += exc.errors
         try:
             config = model.load(variables)
         except model.InventoryError as exc:
+            problems += exc.errors
+        if problems:
             inventory_dir = task_vars.get("inventory_dir")
             errors = []
-            for line in exc.errors:
+            for line in problems:
                 key = re.split(r"[.\[:]", line, maxsplit=1)[0]
                 where = _defined_in(inventory_dir, key)
                 errors.append(f"{where}: {line}" if where else line)

@@ -9,6 +9,7 @@ bench/recovery.py).
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -19,15 +20,29 @@ from raw_sip import RawSip
 from callbackd.rtpengine import NgClient, NgError, NgTimeout
 from vpbx import model
 
-PROJECT_VARS = REPO / "playbooks" / "group_vars" / "all.yml"
 KAMAILIO_DEFAULTS = REPO / "roles" / "kamailio" / "defaults" / "main.yml"
 PROBE_WAIT = 0.5
+# The addresses the project derives for each host (playbooks/group_vars/all.yml),
+# read where the deployed services have them.
+CALLBACKD_SETTINGS = Path("/etc/vpbx/callbackd.json")
+RTPENGINE_CONFIG = Path("/etc/rtpengine/rtpengine.conf")
+DEPLOYED_ADDRESSES = {
+    "callbackd_sip_listen": (CALLBACKD_SETTINGS, "sip_listen"),
+    "callbackd_dtmf_listen": (CALLBACKD_SETTINGS, "dtmf_listen"),
+    "rtpengine_ng_listen": (RTPENGINE_CONFIG, "listen-ng"),
+}
 
 
 def project_address(key: str) -> model.HostPort:
-    """An address the project sets itself (playbooks/group_vars/all.yml), e.g. callbackd_sip_listen."""
-    host, port = str(yaml.safe_load(PROJECT_VARS.read_text())[key]).rsplit(":", 1)
-    return model.HostPort(host, int(port))
+    """An address the project sets itself, e.g. callbackd_sip_listen, as deployed on this host."""
+    path, name = DEPLOYED_ADDRESSES[key]
+    if path.suffix == ".json":
+        value = json.loads(path.read_text())[name]
+    else:
+        settings = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+        value = {k.strip(): v.strip() for k, v in settings.items()}[name]
+    host, port = str(value).rsplit(":", 1)
+    return model.HostPort(host.strip("[]"), int(port))
 
 
 def kamailio_log_file(inventory: dict) -> Path:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import health
 import pytest
 import services
 import yaml
@@ -43,7 +44,6 @@ from vpbx import model
 
 CDR_FILE = Path("/var/log/vpbx/cdr.jsonl")
 ENGINE_LOG = Path("/var/log/vpbx/callbackd.log")
-PROJECT_VARS = REPO / "playbooks" / "group_vars" / "all.yml"
 KAMAILIO_DEFAULTS = REPO / "roles" / "kamailio" / "defaults" / "main.yml"
 CALLBACKD_ROUTING_TASK = ("TASK [callbackd : Render the routing data from the validated inventory, "
                           "without the extensions]")
@@ -154,14 +154,9 @@ def employees(lab: model.Config, limited_did: model.Did) -> tuple[str, str]:
     return listed[0], listed[1]
 
 
-def project_address(key: str) -> model.HostPort:
-    host, port = str(yaml.safe_load(PROJECT_VARS.read_text())[key]).rsplit(":", 1)
-    return model.HostPort(host, int(port))
-
-
 def wait_until_the_edge_hands_triggers_to_the_engine(edge: model.HostPort) -> None:
     """The engine answers probes again, and the edge's dispatcher has probed it since."""
-    engine = project_address("callbackd_sip_listen")
+    engine = health.project_address("callbackd_sip_listen")
     deadline = time.monotonic() + EVENT_WAIT
     # The engine answers OPTIONS from the edges only: sent from the edge's address.
     while sip_options(engine, edge.host) is None:

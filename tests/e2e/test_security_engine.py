@@ -13,13 +13,12 @@ import socket
 import time
 from pathlib import Path
 
+import health
 import pytest
-import yaml
 from conftest import REPO
 from rtp_pcap import dtmf_then_tone_pcap, tone_pcap
 from test_callback import EMPLOYEE_SSRC, FLOW_TIMEOUT, far_end_keys, media_of, trigger
 
-PROJECT_VARS = REPO / "playbooks" / "group_vars" / "all.yml"
 TRIGGER_SCENARIO = REPO / "tests" / "integration" / "scenarios" / "trigger_uac.xml"
 CDR_FILE = Path("/var/log/vpbx/cdr.jsonl")
 ENGINE_LOG = Path("/var/log/vpbx/callbackd.log")
@@ -30,9 +29,9 @@ TRIGGERED = r"callback (\w+): did=\S+ employee=\S+ triggered"
 
 
 def project_address(key: str) -> tuple[str, int]:
-    """An IP:PORT the project sets for itself (playbooks/group_vars/all.yml)."""
-    host, port = str(yaml.safe_load(PROJECT_VARS.read_text())[key]).rsplit(":", 1)
-    return host, int(port)
+    """An IP:PORT the project sets for itself, as deployed on this host."""
+    address = health.project_address(key)
+    return address.host, address.port
 
 
 @pytest.fixture(scope="session")
