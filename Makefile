@@ -6,7 +6,7 @@ PYTHON := /usr/bin/python3
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: venv deploy check test lint unit integration molecule e2e demo bench clean
+.PHONY: venv deploy check test lint unit integration molecule e2e demo bench cluster cluster-down clean
 
 $(VENV)/.done: requirements.txt pyproject.toml
 	@test -x $(PYTHON) || { echo "Debian's python3 is needed: apt-get install python3" >&2; exit 1; }
@@ -40,12 +40,23 @@ unit: venv
 integration: venv
 	pytest tests/integration -q -p no:cacheprovider
 
+# The single-host lab (scenario default), then the lab of hosts (cluster).
 molecule: venv
 	molecule test
+	molecule test -s cluster
 
 ## e2e: the end-to-end suite alone, against what is deployed now
 e2e: venv
 	pytest tests/e2e -v
+
+## cluster: build the lab of hosts on this machine (network namespaces, cluster/) and deploy inventories/cluster onto it
+cluster: venv
+	python -m cluster up
+	ansible-playbook -i inventories/cluster playbooks/site.yml
+
+## cluster-down: end the lab of hosts and remove its files and network
+cluster-down: venv
+	python -m cluster down
 
 ## bench: the figures of bench/RESULTS.md, on the lab deploy (not part of test)
 bench: venv
