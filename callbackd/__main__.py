@@ -2,7 +2,9 @@
 
 The routing data (lists, numbers) is read again when its file was replaced,
 checked at each trigger and on SIGHUP, without touching callbacks in
-progress; SIGTERM ends them (hang-up, CDR) and exits.
+progress. SIGTERM with a state store leaves the callbacks in progress to the
+engine that starts next (or to another engine, see callbackd.store), so a
+restart drops no call; without one it ends them (hang-up, CDR) and exits.
 """
 
 import argparse
@@ -60,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     engine.dtmf_socket = sip.open_udp(settings.dtmf_listen, engine.on_dtmf_datagram)
 
     def stop() -> None:
+        if engine.claims is not None:
+            # The callbacks in progress stay in the state store: the engine that
+            # starts next here, or another one, goes on with them.
+            engine.hand_over()
+            sip.call_soon(sip.stop)
+            return
         engine.shutdown()
         # A moment for the BYEs and CANCELs of the callbacks just ended to go out.
         sip.call_later(STOP_GRACE_S, sip.stop)

@@ -418,6 +418,12 @@ class Engine:
             return sdp
         raise NgError("offer", "no media relay configured")
 
+    def hand_over(self) -> None:
+        """Stop taking work, leaving the callbacks in progress to whichever engine resumes them."""
+        log.warning("stopping: %d callbacks in progress left in the state store", len(self.sessions))
+        self._media.shutdown(wait=True)
+        self._workers.shutdown(wait=True)
+
     def shutdown(self) -> None:
         """End every callback in progress (hang up, CDR), then stop taking work."""
         for session in list(self.sessions.values()):

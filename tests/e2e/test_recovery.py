@@ -312,10 +312,21 @@ def rtpengine_back(callback_id: str) -> Callable[[], None]:
     return lambda: wait_until(f"RTPengine answers an ng ping at {ng}", lambda: health.rtpengine_answers(ng))
 
 
-@pytest.mark.parametrize(("service", "back"), [(services.CALLBACKD, callbackd_back),
-                                               (services.RTPENGINE, rtpengine_back)])
-def test_a_service_killed_during_a_bridged_call_keeps_its_audio_and_the_hang_up_ends_both_with_one_cdr(
-    sipp, tmp_path, pbx_address, carrier_ip, trunk_port, callback_did, listed_caller, records, service, back,
+def restarted(name: str) -> int:
+    """A restart as the roles' handlers do it (SIGTERM, then start); the pid that was stopped."""
+    pid = services.main_pid(name)
+    services.restart(name)
+    return pid
+
+
+@pytest.mark.parametrize(("service", "end", "back"), [
+    (services.CALLBACKD, kill_outright, callbackd_back),
+    (services.CALLBACKD, restarted, callbackd_back),
+    (services.RTPENGINE, kill_outright, rtpengine_back),
+], ids=["callbackd-killed", "callbackd-restarted", "rtpengine-killed"])
+def test_a_service_gone_during_a_bridged_call_keeps_its_audio_and_the_hang_up_ends_both_with_one_cdr(
+    sipp, tmp_path, pbx_address, carrier_ip, trunk_port, callback_did, listed_caller, records, service, end,
+    back,
 ):
     cdrs = Cdrs(CDR_FILE)
     employee_pcap = dtmf_then_tone_pcap(tmp_path / "employee.pcap", CLIENT_NUMBER + "#", EMPLOYEE_SSRC,
@@ -331,8 +342,8 @@ def test_a_service_killed_during_a_bridged_call_keeps_its_audio_and_the_hang_up_
     callback_id = records(callback_did, listed_caller)["id"]
     service_is_back = back(callback_id)
 
-    killed = kill_outright(service)
-    wait_until(f"{service} runs again", runs_again(service, killed))
+    ended = end(service)
+    wait_until(f"{service} runs again", runs_again(service, ended))
     # Media after the crash: RTPengine relays both ways (still, or again from its Redis).
     with Capture(bpf=f"udp and src host {pbx_address.host} and dst host {carrier_ip}") as wire:
         service_is_back()
