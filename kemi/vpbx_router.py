@@ -18,10 +18,11 @@ Rules of the road:
   a new `edge.json` (the edge's own protections, rendered from role variables).
 - Who may make the PBX dial (shared/DESIGN.md, "Trust"): a flooding or
   scanning source is banned and then dropped without a reply; in-dialog
-  requests are relayed only for dialogs this edge set up (dialog module);
-  contacts are bound to the address a phone registered from; our X-Vpbx-*
-  headers and, from anyone but a trunk or an engine, asserted identities
-  are removed before anything reads them.
+  requests are relayed only for dialogs an edge of this PBX set up (its
+  Record-Route signed with the edges' key, `RouteSigner`); contacts are
+  bound to the address a phone registered from; our X-Vpbx-* headers and,
+  from anyone but a trunk or an engine, asserted identities are removed
+  before anything reads them.
 - Registrations live in the location store (usrloc over db_redis, one Redis
   for every edge), not in this process: a binding made through another edge,
   or before a restart, is found here. When that store does not answer, a
@@ -29,6 +30,8 @@ Rules of the road:
   registration go on.
 """
 
+import hashlib
+import hmac
 import importlib
 import json
 import re
@@ -44,6 +47,8 @@ import KSR
 HERE = Path(__file__).resolve().parent
 ROUTING_FILE = HERE / "routing.json"
 EDGE_FILE = HERE / "edge.json"
+# The key every edge of the PBX signs its Record-Routes with (the role makes it once).
+ROUTE_KEY_FILE = HERE / "route.key"
 PYTHONPATH_FILE = HERE / "pythonpath"
 
 STOP = -255
@@ -80,6 +85,10 @@ TRIGGER_DID_HEADER = "X-Vpbx-Did"
 TRIGGER_CALLER_HEADER = "X-Vpbx-Employee"
 # Record-Route parameter of dialogs an engine placed: their media is the engine's.
 ENGINE_DIALOG = "vpbx=engine"
+# Record-Route parameters of every dialog the edge relays: until when its
+# in-dialog requests are relayed, and the edges' signature over it (RouteSigner).
+ROUTE_EXPIRES = "vpbx_exp"
+ROUTE_SIGNATURE = "vpbx_sig"
 REGSRC_TABLE = "vpbx_regsrc"
 # Banned sources (autoexpire = the ban time) and failed authentications per
 # source (autoexpire = the window they are counted in): kamailio.cfg.
@@ -151,7 +160,8 @@ def mod_init():
         decide, model, routing_file = _fresh_vpbx()
         routing = routing_file.RoutingFile(ROUTING_FILE)
         edge = EdgeSettings.load(EDGE_FILE)
-        state.router = VpbxRouter(decide, model, routing, timed(routing.load, decide), edge)
+        signer = RouteSigner(ROUTE_KEY_FILE.read_text().strip(), edge.dialog_lifetime)
+        state.router = VpbxRouter(decide, model, routing, timed(routing.load, decide), edge, signer)
     except Exception as exc:
         # A router that cannot load must not take Kamailio down with it.
         previous = getattr(state, "router", None)
@@ -165,7 +175,7 @@ class EdgeSettings:
     """The edge's protections from edge.json: who is never banned, what bans."""
 
     def __init__(self, trusted_sources=(), engines=(), auth_failures=5, scanner_user_agents=(),
-                 location_store="", location_retry_after=30):
+                 location_store="", location_retry_after=30, dialog_lifetime=43200):
         import netaddr  # from the runtime virtualenv, on sys.path only after _use_runtime()
 
         self.trusted = netaddr.IPSet(trusted_sources)
@@ -174,12 +184,80 @@ class EdgeSettings:
         self.location_retry_after = int(location_retry_after)
         self.engine_hosts = frozenset(e.rpartition(":")[0].strip("[]") for e in engines)
         self.auth_failures = int(auth_failures)
+        self.dialog_lifetime = int(dialog_lifetime)
         self.scanner = (re.compile("|".join(f"(?:{p})" for p in scanner_user_agents), re.IGNORECASE)
                         if scanner_user_agents else None)
 
     @classmethod
     def load(cls, path):
         return cls(**json.loads(Path(path).read_text()))
+
+
+class RouteSigner:
+    """Signs the Record-Route of every dialog the edge relays, and checks the Route of its
+    in-dialog requests.
+
+    Why a signature, not the dialog module's memory (is_known_dlg): a dialog
+    known only to the process that set it up dies with that process (a
+    deploy, a crash that supervisord repairs within a second), and no other
+    edge ever knows it; every call in progress then gets 481 for its BYE and
+    stays up, billed, on the other side. Keeping dialogs in Redis (dialog's
+    db_mode) would make them need the store, which may be down, and an
+    edge would still have to load each one it did not set up; DMQ
+    replication restores nothing on a lone edge. The route set itself is
+    what outlives everything: a real dialog carries it in every in-dialog
+    request, and only the edges, which share the key, can sign it. So the
+    Record-Route carries an expiry and an HMAC (SHA-256, kept to 128 bits)
+    of the Call-ID, the caller's From tag (rr's ftag), the expiry and
+    whether an engine placed the call, under a key shared by every edge
+    (route.key, made once by the role, never in the repository or a log).
+    A stranger, who has no signature for his Call-ID, gets 481 and reaches
+    nobody; any edge, restarted or not, relays the requests of a real
+    dialog until its expiry (kamailio_dialog_timeout, as the dialog
+    module's timeout did).
+    """
+
+    def __init__(self, key: str, lifetime: int):
+        if len(key) < 32:
+            raise ValueError(f"{ROUTE_KEY_FILE}: the route key is missing or too short")
+        self.key = key.encode()
+        self.lifetime = lifetime
+
+    def signature(self, call_id: str, from_tag: str, expires: int, engine: bool) -> str:
+        text = f"{call_id}\n{from_tag}\n{expires}\n{'engine' if engine else 'edge'}"
+        return hmac.new(self.key, text.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def params(self, call_id: str, from_tag: str, engine: bool, now: float) -> str:
+        """The Record-Route parameters of a new dialog."""
+        expires = int(now) + self.lifetime
+        signature = self.signature(call_id, from_tag, expires, engine)
+        signed = f";{ROUTE_EXPIRES}={expires};{ROUTE_SIGNATURE}={signature}"
+        return f";{ENGINE_DIALOG}{signed}" if engine else signed
+
+    def verify(self, call_id: str, tags: tuple, route_uri: str, now: float) -> bool:
+        """Whether `route_uri` (the edge's own Route entry) was signed by an edge for this dialog
+        (`tags`: the request's From and To tags, either of which is the caller's) and has not expired."""
+        params = route_params(route_uri)
+        try:
+            expires = int(params.get(ROUTE_EXPIRES, ""))
+        except ValueError:
+            return False
+        from_tag = params.get("ftag", "")
+        if not from_tag or from_tag not in tags or expires < now:
+            return False
+        engine = params.get("vpbx") == "engine"
+        return hmac.compare_digest(self.signature(call_id, from_tag, expires, engine),
+                                   params.get(ROUTE_SIGNATURE, ""))
+
+
+def route_params(uri: str) -> dict:
+    """The parameters of a Route URI ("<sip:192.0.2.1;lr;ftag=a;vpbx_exp=1>" -> {"lr": "", ...})."""
+    uri = (uri or "").strip().strip("<>").split(">", 1)[0]
+    params = {}
+    for part in uri.split(";")[1:]:
+        name, _, value = part.partition("=")
+        params[name.strip().lower()] = value.strip()
+    return params
 
 
 class Unavailable:
@@ -208,10 +286,11 @@ class Unavailable:
 
 
 class VpbxRouter:
-    def __init__(self, decide, model, routing, router, edge):
+    def __init__(self, decide, model, routing, router, edge, signer):
         import netaddr
 
         self._ipset = netaddr.IPSet
+        self.signer = signer
         self.decide = decide
         self.model = model
         self.routing = routing
@@ -338,9 +417,10 @@ class VpbxRouter:
     def ksr_route_withindlg(self):
         if KSR.siputils.has_totag() < 0:
             return GO_ON
-        # Only dialogs this edge set up: a forged To-tag and Route must not
-        # make the PBX relay a stranger's INVITE to the trunk.
-        if KSR.dialog.is_known_dlg() < 0:
+        # Only dialogs an edge of this PBX set up, whichever edge and however
+        # often restarted since: a forged To-tag and Route must not make the
+        # PBX relay a stranger's INVITE to the trunk (RouteSigner).
+        if not self.in_our_dialog():
             if KSR.is_ACK():
                 # The ACK of a negative reply belongs to its transaction.
                 KSR.tm.t_check_trans()
@@ -349,18 +429,28 @@ class VpbxRouter:
                      f"for no dialog of ours refused\n")
             KSR.sl.sl_send_reply(481, "Call/Transaction Does Not Exist")
             return STOP
-        if KSR.rr.loose_route() > 0:
-            engine_dialog = KSR.rr.check_route_param(ENGINE_DIALOG) > 0
-            if KSR.is_BYE() and not engine_dialog:
-                KSR.rtpengine.rtpengine_delete0()
-            self.ksr_route_relay(media=not engine_dialog)
-            return STOP
-        if KSR.is_ACK():
-            if KSR.tm.t_check_trans() > 0:
-                self.ksr_route_relay()
-            return STOP
-        KSR.sl.sl_send_reply(404, "Not Here")
+        engine_dialog = KSR.rr.check_route_param(ENGINE_DIALOG) > 0
+        if KSR.is_BYE() and not engine_dialog:
+            KSR.rtpengine.rtpengine_delete0()
+        self.ksr_route_relay(media=not engine_dialog)
         return STOP
+
+    def in_our_dialog(self):
+        """Whether the request is loose-routed by the edge's own Route entry, signed for its dialog."""
+        # -3 (the next hop is a preloaded Route, not us) and -1 (no Route) are not ours.
+        if KSR.rr.loose_route() != 1 or KSR.rr.check_route_param(f"{ROUTE_SIGNATURE}=") < 0:
+            return False
+        # The edge's entry is the top Route; a strict router puts it in the R-URI instead.
+        route = KSR.pv.get("$route_uri") or ""
+        if f"{ROUTE_SIGNATURE}=" not in route:
+            route = KSR.pv.get("$ru") or ""
+        tags = (KSR.pv.get("$ft") or "", KSR.pv.get("$tt") or "")
+        return self.signer.verify(KSR.pv.get("$ci") or "", tags, route, time.time())
+
+    def record_route(self, engine=False):
+        """Record-Route with the signature that lets any edge relay the dialog's requests."""
+        params = self.signer.params(KSR.pv.get("$ci") or "", KSR.pv.get("$ft") or "", engine, time.time())
+        KSR.rr.record_route_params(params)
 
     def ksr_route_registrar(self):
         source = KSR.pv.get("$si")
@@ -489,17 +579,15 @@ class VpbxRouter:
         if isinstance(action, d.Reject):
             KSR.sl.sl_send_reply(action.code, action.reason)
             return
-        # Every call the edge relays is a dialog it knows: only those take in-dialog requests.
-        KSR.dialog.dlg_manage()
         if isinstance(action, d.TriggerCallback):
             self.ksr_route_callback(action)
         elif isinstance(action, d.CallOut):
             self.ksr_route_call_out(action)
         elif isinstance(action, d.RingExtension):
-            KSR.rr.record_route()
+            self.record_route()
             self.ksr_route_ring_extension(action.extension)
         else:
-            KSR.rr.record_route()
+            self.record_route()
             KSR.tm.t_newtran()
             KSR.pv.sets(AVP_DID, action.did)
             self.ksr_route_scheme_step(action.did, 0)
@@ -507,7 +595,7 @@ class VpbxRouter:
     def ksr_route_callback(self, action):
         # Hand the trigger to a callback engine; its reply is never a 200, so
         # the employee's call costs nothing. No engine up: the scheme routes it.
-        KSR.rr.record_route()
+        self.record_route()
         KSR.tm.t_newtran()
         KSR.pv.sets(AVP_DID, action.did)
         KSR.pv.sets(AVP_CALLER, action.caller)
@@ -530,7 +618,7 @@ class VpbxRouter:
 
     def ksr_route_call_out(self, action):
         # A call-back leg: out through the trunk, media already anchored by the engine.
-        KSR.rr.record_route_params(f";{ENGINE_DIALOG}")
+        self.record_route(engine=True)
         KSR.tm.t_newtran()
         KSR.seturi(f"sip:{action.number}@{self.config.trunks[0].address}")
         KSR.resetdsturi()

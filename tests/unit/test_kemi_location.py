@@ -84,6 +84,7 @@ def router(script, store=STORE, extensions=("100", "101")):
     edge = script.EdgeSettings(location_store=store, location_retry_after=30)
     r = script.VpbxRouter.__new__(script.VpbxRouter)
     r.edge = edge
+    r.signer = script.RouteSigner("k" * 64, 43200)
     r.realm = "127.0.0.1"
     r.decide = decide
     r.config = types.SimpleNamespace(extensions={e: f"secret-of-{e}-xyz" for e in extensions})

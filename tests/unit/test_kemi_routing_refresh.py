@@ -77,7 +77,8 @@ def worker(script):
     """A worker's router as mod_init builds it, over the routing.json in place."""
     routing = RoutingFile(script.ROUTING_FILE)
     return script.VpbxRouter(decide, model, routing, script.timed(routing.load, decide),
-                             script.EdgeSettings(engines=["127.0.0.1:5070"]))
+                             script.EdgeSettings(engines=["127.0.0.1:5070"]),
+                             script.RouteSigner("k" * 64, 43200))
 
 
 def newcomer_is_listed(router, did: str) -> bool:
