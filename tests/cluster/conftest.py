@@ -55,6 +55,16 @@ def pbx() -> model.Config:
 
 
 @pytest.fixture(scope="session")
+def callback_did(pbx: model.Config) -> model.Did:
+    return next(d for d in pbx.numbers.values() if d.callback and d.callback.enabled)
+
+
+@pytest.fixture(scope="session")
+def listed_caller(pbx: model.Config, callback_did: model.Did) -> str:
+    return sorted(pbx.number_lists[callback_did.callback.list])[0]
+
+
+@pytest.fixture(scope="session")
 def pids(lab: cluster_inventory.Lab) -> dict[str, int]:
     """Each host's holder pid; the suite is unavailable unless every host runs."""
     found = {host.name: cluster_hosts.holder_pid(host) for host in lab.hosts}

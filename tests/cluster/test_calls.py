@@ -27,16 +27,6 @@ FLOW_TIMEOUT = 90
 CDR_WAIT = 60
 
 
-@pytest.fixture(scope="session")
-def callback_did(pbx):
-    return next(d for d in pbx.numbers.values() if d.callback and d.callback.enabled)
-
-
-@pytest.fixture(scope="session")
-def listed_caller(pbx, callback_did):
-    return sorted(pbx.number_lists[callback_did.callback.list])[0]
-
-
 def engine_cdrs(lab, pids) -> dict[str, int]:
     """Where each engine's CDR file ends now."""
     sizes = {}
