@@ -106,6 +106,9 @@ ASSERTED_IDENTITY_HEADERS = ("P-Asserted-Identity", "P-Preferred-Identity", "Rem
 LOCATION = "location"
 # registrar save() flag: send no reply; the router answers (503 when the store is down).
 SAVE_NO_REPLY = 2
+# Defined (kamailio -A) when Kamailio was started while the location store did
+# not answer: usrloc runs without it (kamailio.cfg) and REGISTERs get 503.
+STORE_DOWN_DEFINE = "VPBX_LOCATION_STORE_DOWN"
 # ndb_redis server (kamailio.cfg) that reaches the location store, and its reply's name.
 LOCATION_STORE = "vpbx_location"
 LOCATION_PING = "vpbx_location_ping"
@@ -295,6 +298,12 @@ class VpbxRouter:
         self.model = model
         self.routing = routing
         self.edge = edge
+        # Started without the location store: this process never uses it.
+        self.location_store_down = bool(edge.location_store) and KSR.kx.ifdef(STORE_DOWN_DEFINE) > 0
+        if self.location_store_down:
+            KSR.err(f"{LOG_PREFIX}started while the location store {edge.location_store} did not answer: "
+                    f"REGISTERs are refused with 503 and no phone is rung until Kamailio goes back "
+                    f"to the store, by itself once it answers; calls by the schemes and trunks go on\n")
         self.use(router)
 
     def use(self, router):
@@ -478,6 +487,13 @@ class VpbxRouter:
             return STOP
         # Bound to where the phone really is: calls to it go to this source.
         KSR.nathelper.fix_nated_register()
+        if self.location_store_down:
+            KSR.err(f"{LOG_PREFIX}REGISTER of {user} from {source} not saved: Kamailio started while the "
+                    f"location store {self.edge.location_store} did not answer; refused with 503 until "
+                    f"it goes back to the store\n")
+            KSR.hdr.append_to_reply(f"Retry-After: {self.edge.location_retry_after}\r\n")
+            KSR.sl.sl_send_reply(503, "Location Store Unavailable")
+            return STOP
         if KSR.registrar.save(LOCATION, SAVE_NO_REPLY) < 0:
             if not self.location_store_answers():
                 KSR.err(f"{LOG_PREFIX}REGISTER of {user} from {source} not saved: the location store "
@@ -495,9 +511,12 @@ class VpbxRouter:
         return STOP
 
     def location_store_answers(self):
-        """The location store answers a PING (always true without a store: memory never goes away)."""
+        """The location store answers a PING (always true without a store: memory never goes away;
+        never while this process runs without it)."""
         if not self.edge.location_store:
             return True
+        if self.location_store_down:
+            return False
         answered = KSR.ndb_redis.redis_cmd(LOCATION_STORE, "PING", LOCATION_PING) > 0
         KSR.ndb_redis.redis_free(LOCATION_PING)
         return answered

@@ -7,7 +7,9 @@ the same store (a Kamailio of the deployed configuration on another address)
 rings a phone that registered through the first. The failure case beside
 them: with the location store stopped, a REGISTER is refused with 503 while
 the edge still answers OPTIONS and routes the carrier's call by the scheme,
-and once the store is back phones register and are rung again.
+and once the store is back phones register and are rung again; the same
+when Kamailio is (re)started while the store is down, and then it goes back
+to the store by itself once the store answers.
 
 The waits end when what they wait for happens; their limits only bound a failure.
 """
@@ -186,6 +188,58 @@ def test_while_the_location_store_is_down_registers_get_503_and_calls_still_rout
     ip = phone_ips[extension]
     with RawSip(ip, pbx_address, port=5060) as phone:
         assert phone.register(extension, password) == 200
+    try:
+        answering = sipp.start_uas("callee.xml", ip, 5060, callee_keys("answer", caller=unlisted_caller),
+                                   timeout=CALL_TIMEOUT)
+        sipp.run_uac("carrier_call.xml", carrier_ip, str(pbx_address),
+                     caller_keys(callback_did.number, unlisted_caller), timeout=CALL_TIMEOUT)
+        answering.expect_success()
+    finally:
+        sipp.close()
+        with RawSip(ip, pbx_address, port=5060) as phone:
+            phone.register(extension, password, expires=0)
+
+
+def registers(ip: str, pbx_address, extension: str, password: str) -> Callable[[], bool]:
+    def check() -> bool:
+        with RawSip(ip, pbx_address, port=5060) as phone:
+            return phone.register(extension, password) == 200
+    return check
+
+
+def test_kamailio_started_while_the_location_store_is_down_routes_calls_then_goes_back_to_the_store(
+    location_store, kamailio_log, sipp, lab, phone_ips, pbx_address, stranger_ip, carrier_ip,
+    trunk_port, callback_did, unlisted_caller, ring_step, forward_number,
+):
+    extension = ring_step.extensions[0]
+    password = lab.extensions[extension]
+    ip = phone_ips[extension]
+    services.stop(services.REDIS)
+    try:
+        # A boot with the store down: Kamailio starts all the same and answers.
+        restart_kamailio("restart", pbx_address, stranger_ip)
+        wait_until("Kamailio logs that it started without the location store",
+                   lambda: f"started while the location store {location_store} did not answer"
+                   in kamailio_log())
+        with RawSip(ip, pbx_address) as phone:
+            assert phone.register(extension, password) == 503
+        wait_until("Kamailio logs why the REGISTER was refused",
+                   lambda: f"REGISTER of {extension} from {ip} not saved: Kamailio started while the "
+                   f"location store {location_store} did not answer" in kamailio_log())
+        # Nobody can be found to ring: the scheme's next step forwards the call out.
+        far_end = sipp.start_uas("callee.xml", carrier_ip, trunk_port,
+                                 callee_keys("answer", user=forward_number), timeout=CALL_TIMEOUT)
+        sipp.run_uac("carrier_call.xml", carrier_ip, str(pbx_address),
+                     caller_keys(callback_did.number, unlisted_caller), timeout=CALL_TIMEOUT)
+        far_end.expect_success()
+    finally:
+        services.start(services.REDIS)
+    wait_until("the location store answers", lambda: answers(location_store), BACK_WAIT)
+
+    # Nobody touches Kamailio: it goes back to the store by itself, and the phone registers.
+    wait_until("the phone registers again", registers(ip, pbx_address, extension, password),
+               BACK_WAIT * 2)
+    assert "answers again: Kamailio restarts to use it" in kamailio_log()
     try:
         answering = sipp.start_uas("callee.xml", ip, 5060, callee_keys("answer", caller=unlisted_caller),
                                    timeout=CALL_TIMEOUT)

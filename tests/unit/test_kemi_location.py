@@ -61,7 +61,7 @@ class Ksr(types.ModuleType):
 
 
 SUBMODULES = {"pv", "sl", "tm", "rr", "hdr", "htable", "registrar", "ndb_redis", "dispatcher",
-              "nathelper", "auth", "textops", "rtpengine", "dialog", "siputils", "pike"}
+              "nathelper", "auth", "textops", "rtpengine", "dialog", "siputils", "pike", "kx"}
 
 
 @pytest.fixture
@@ -85,6 +85,7 @@ def router(script, store=STORE, extensions=("100", "101")):
     r = script.VpbxRouter.__new__(script.VpbxRouter)
     r.edge = edge
     r.signer = script.RouteSigner("k" * 64, 43200)
+    r.location_store_down = False
     r.realm = "127.0.0.1"
     r.decide = decide
     r.config = types.SimpleNamespace(extensions={e: f"secret-of-{e}-xyz" for e in extensions})

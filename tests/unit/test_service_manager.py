@@ -162,4 +162,6 @@ def test_kamailio_in_the_foreground_keeps_the_init_scripts_options_and_pid_file(
     exec_line = next(line for line in text.splitlines() if line.startswith("exec "))
     assert exec_line.split() == [
         "exec", "/usr/sbin/kamailio", "-DD", "-P", '"$PIDFILE"', "-f", '"$CFGFILE"', "-m", '"$SHM_MEMORY"',
-        "-M", '"$PKG_MEMORY"', "-u", '"$USER"', "-g", '"$GROUP"']
+        "-M", '"$PKG_MEMORY"', "-u", '"$USER"', "-g", '"$GROUP"',
+        # Empty, or the define of a start without the location store.
+        "$DEFINES"]
