@@ -260,14 +260,21 @@ def rejected_trigger(sipp, pbx_address, carrier_ip, did: model.Did, employee: st
     sipp.run_uac("carrier_call_rejected.xml", carrier_ip, str(pbx_address), keys, timeout=CALL_TIMEOUT)
 
 
+def answering_employee_triggers(sipp, pbx_address, carrier_ip, trunk_port, did: model.Did, employee: str):
+    """The employee's mobile (it answers, then waits for the PBX's BYE), and the employee's trigger."""
+    mobile = sipp.start_uas("callee.xml", carrier_ip, trunk_port,
+                            callee_keys("answer", user=employee, caller=did.number),
+                            timeout=CALLBACK_TIMEOUT + RECOVERY_WAIT)
+    rejected_trigger(sipp, pbx_address, carrier_ip, did, employee)
+    return mobile
+
+
 def test_callbackd_killed_while_a_call_back_is_owed_still_calls_the_employee_back_once(
     sipp, pbx_address, carrier_ip, trunk_port, delayed_did, listed_caller, records,
 ):
     cdrs = Cdrs(CDR_FILE)
-    employee = sipp.start_uas("callee.xml", carrier_ip, trunk_port,
-                              callee_keys("answer", user=listed_caller, caller=delayed_did.number),
-                              timeout=CALLBACK_TIMEOUT + RECOVERY_WAIT)
-    rejected_trigger(sipp, pbx_address, carrier_ip, delayed_did, listed_caller)
+    employee = answering_employee_triggers(sipp, pbx_address, carrier_ip, trunk_port, delayed_did,
+                                           listed_caller)
     wait_until("the owed call-back is in the store", in_state(records, delayed_did, listed_caller, "waiting"))
     callback_id = records(delayed_did, listed_caller)["id"]
 
@@ -284,10 +291,8 @@ def test_callbackd_killed_while_the_employee_is_asked_for_digits_hangs_up_polite
     sipp, pbx_address, carrier_ip, trunk_port, callback_did, listed_caller, records,
 ):
     cdrs = Cdrs(CDR_FILE)
-    employee = sipp.start_uas("callee.xml", carrier_ip, trunk_port,
-                              callee_keys("answer", user=listed_caller, caller=callback_did.number),
-                              timeout=CALLBACK_TIMEOUT + RECOVERY_WAIT)
-    rejected_trigger(sipp, pbx_address, carrier_ip, callback_did, listed_caller)
+    employee = answering_employee_triggers(sipp, pbx_address, carrier_ip, trunk_port, callback_did,
+                                           listed_caller)
     wait_until("the employee is asked for the number",
                in_state(records, callback_did, listed_caller, "prompting", "collecting"))
 
