@@ -118,6 +118,8 @@ BINDINGS = "vpbx_bindings"
 # this process, so no digest matches it.
 NO_PASSWORD = secrets.token_hex(32)
 LOG_PREFIX = "vpbx: "
+# The SIP proxies' replication (dmq): its request method.
+DMQ_METHOD = "KDMQ"
 # The vpbx package in the order its modules import one another.
 VPBX_MODULES = ("vpbx.numbers", "vpbx.model", "vpbx.routing_file", "vpbx.policy", "vpbx.decide")
 STATE_MODULE = "vpbx_router_state"
@@ -178,7 +180,8 @@ class EdgeSettings:
     """The edge's protections from edge.json: who is never banned, what bans."""
 
     def __init__(self, trusted_sources=(), engines=(), auth_failures=5, scanner_user_agents=(),
-                 location_store="", location_retry_after=30, dialog_lifetime=43200):
+                 location_store="", location_retry_after=30, dialog_lifetime=43200,
+                 dmq_socket="", dmq_peers=()):
         import netaddr  # from the runtime virtualenv, on sys.path only after _use_runtime()
 
         self.trusted = netaddr.IPSet(trusted_sources)
@@ -188,6 +191,9 @@ class EdgeSettings:
         self.engine_hosts = frozenset(e.rpartition(":")[0].strip("[]") for e in engines)
         self.auth_failures = int(auth_failures)
         self.dialog_lifetime = int(dialog_lifetime)
+        # The replication socket's name (kamailio.cfg) and the SIP proxies it takes KDMQ from.
+        self.dmq_socket = dmq_socket
+        self.dmq_peers = frozenset(p.rpartition(":")[0].strip("[]") for p in dmq_peers)
         self.scanner = (re.compile("|".join(f"(?:{p})" for p in scanner_user_agents), re.IGNORECASE)
                         if scanner_user_agents else None)
 
@@ -311,8 +317,8 @@ class VpbxRouter:
         self.config = router.config
         self.realm = router.config.sip_listen.host
         trunks = [cidr for t in self.config.trunks for cidr in t.inbound_sources]
-        # Never banned: the carrier's sources and what the admin trusts.
-        self.never_banned = self._ipset(trunks) | self.edge.trusted
+        # Never banned: the carrier's sources, what the admin trusts, the other SIP proxies.
+        self.never_banned = self._ipset(trunks) | self.edge.trusted | self._ipset(self.edge.dmq_peers)
         # Where no phone may be: calls ringing it would leave through a trunk,
         # reach an engine as a trigger, or loop through the PBX itself.
         self.not_a_phone = (self._ipset(trunks) | self._ipset(t.address.host for t in self.config.trunks)
@@ -335,6 +341,9 @@ class VpbxRouter:
     # -- request route -----------------------------------------------------
 
     def ksr_request_route(self, msg):
+        # Replication between the SIP proxies: on its own socket, from them alone.
+        if self.ksr_route_dmq() == STOP:
+            return 1
         self.refresh_routing()
         # Banned, flooding or scanning sources get nothing, not even a reply.
         if self.ksr_route_shield() == STOP:
@@ -370,6 +379,24 @@ class VpbxRouter:
         # The decision, then the action.
         self.ksr_route_decide(origin)
         return 1
+
+    def ksr_route_dmq(self):
+        """KDMQ (bans, failed authentications) from another SIP proxy goes to dmq; anything else
+        on the replication socket, and KDMQ from anyone else or elsewhere, is dropped unanswered."""
+        on_dmq_socket = bool(self.edge.dmq_socket) and KSR.pv.get("$Rn") == self.edge.dmq_socket
+        is_dmq = KSR.pv.get("$rm") == DMQ_METHOD
+        if not on_dmq_socket and not is_dmq:
+            return GO_ON
+        source = KSR.pv.get("$si")
+        if on_dmq_socket and is_dmq and source in self.edge.dmq_peers:
+            KSR.dmq.handle_message()
+            return STOP
+        if KSR.htable.sht_get(BAN_TABLE, source) is None:
+            KSR.info(f"{LOG_PREFIX}{KSR.pv.get('$rm')} from {source} dropped: "
+                     f"{'not a SIP proxy of this PBX' if is_dmq else 'not KDMQ'} on the replication socket\n"
+                     if on_dmq_socket else
+                     f"{LOG_PREFIX}KDMQ from {source} dropped: not on the replication socket\n")
+        return STOP
 
     def ksr_route_shield(self):
         source = KSR.pv.get("$si")

@@ -18,6 +18,7 @@ import pytest
 from peers import callee_keys, caller_keys
 from raw_sip import RawSip, status_code
 from sipp import free_udp_port, release
+from test_recovery import wait_until
 from test_registrations import RESTARTS, restart_kamailio
 
 # SIPp's own limit for the held call: only a bound for a failure.
@@ -63,6 +64,8 @@ def test_a_call_in_progress_ends_across_a_kamailio_restart_while_forged_requests
                     hangup="signal" if hangs_up == "caller" else "remote"),
         port=caller_port, timeout=HELD_CALL_LIMIT_S, extra=["-cid_str", call_id])
     call.wait_for_log("answered", timeout=ANSWER_WAIT_S)
+    # Established: the far end has the ACK (the callee sends none, so any ACK it logged came in).
+    wait_until("the far end has the caller's ACK", lambda: "ACK sip:" in far_end.messages(), ANSWER_WAIT_S)
 
     restart_kamailio(how, pbx_address, stranger_ip)
 

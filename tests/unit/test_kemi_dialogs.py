@@ -148,3 +148,31 @@ def test_every_dialog_the_edge_relays_is_record_routed_with_a_signature(script, 
     assert plain == signer.params(CALL_ID, CALLER_TAG, False, NOW)
     assert engine == signer.params(CALL_ID, CALLER_TAG, True, NOW)
     assert not ksr.called("rr.record_route")
+
+
+# -- replication between the SIP proxies (dmq) -----------------------------------------
+
+def dmq_router(script):
+    r = script.VpbxRouter.__new__(script.VpbxRouter)
+    r.edge = script.EdgeSettings(dmq_socket="vpbx_dmq", dmq_peers=["10.0.0.1:5062", "10.0.0.2:5062"])
+    return r
+
+
+@pytest.mark.parametrize(("source", "socket", "method", "handled"), [
+    ("10.0.0.2", "vpbx_dmq", "KDMQ", True),        # a peer, on the replication socket
+    ("192.0.2.7", "vpbx_dmq", "KDMQ", False),      # a stranger there
+    ("10.0.0.2", "", "KDMQ", False),               # a peer's KDMQ on the SIP port
+    ("10.0.0.2", "vpbx_dmq", "INVITE", False),     # anything but KDMQ there
+])
+def test_kdmq_is_taken_from_the_peers_on_the_replication_socket_only(script, ksr, source, socket, method,
+                                                                     handled):
+    ksr.pvs.update({"$si": source, "$Rn": socket, "$rm": method})
+    assert dmq_router(script).ksr_route_dmq() == script.STOP
+    assert bool(ksr.called("dmq.handle_message")) == handled
+    assert not ksr.called("sl.sl_send_reply")
+
+
+def test_sip_on_the_sip_port_is_not_for_dmq(script, ksr):
+    ksr.pvs.update({"$si": "192.0.2.7", "$Rn": "", "$rm": "INVITE"})
+    assert dmq_router(script).ksr_route_dmq() == script.GO_ON
+    assert not ksr.called("dmq.handle_message")

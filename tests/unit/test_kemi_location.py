@@ -61,7 +61,7 @@ class Ksr(types.ModuleType):
 
 
 SUBMODULES = {"pv", "sl", "tm", "rr", "hdr", "htable", "registrar", "ndb_redis", "dispatcher",
-              "nathelper", "auth", "textops", "rtpengine", "dialog", "siputils", "pike", "kx"}
+              "nathelper", "auth", "textops", "rtpengine", "dialog", "siputils", "pike", "kx", "dmq"}
 
 
 @pytest.fixture
