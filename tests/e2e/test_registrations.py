@@ -15,9 +15,6 @@ The waits end when what they wait for happens; their limits only bound a failure
 """
 
 import json
-import os
-import signal
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,15 +25,12 @@ import services
 from conftest import sip_options
 from peers import callee_keys, caller_keys
 from raw_sip import RawSip, call_as_extension
+from second_edge import second_edge as run_second_edge
 from test_recovery import kill_outright, runs_again, wait_until
 
 from vpbx import model
 
 EDGE_SETTINGS = Path("/etc/kamailio/vpbx/edge.json")
-KAMAILIO_CFG = Path("/etc/kamailio/kamailio.cfg")
-KAMAILIO_CTL = "unix:/run/kamailio/kamailio_ctl"
-# The second edge's address: a loopback address no trunk, phone or stranger of the lab uses.
-SECOND_EDGE_IP = "127.0.0.2"
 CALL_TIMEOUT = 30
 # Generous: a restarted service is usually back within a second.
 BACK_WAIT = 60.0
@@ -79,28 +73,9 @@ def restart_kamailio(how: str, pbx_address, stranger_ip) -> None:
 
 @pytest.fixture
 def second_edge(location_store, pbx_address, tmp_path) -> Iterator[model.HostPort]:
-    """Another SIP proxy on the same location store: the deployed kamailio.cfg listening on
-    SECOND_EDGE_IP, with a control socket of its own, run for this test only."""
-    edge = model.HostPort(SECOND_EDGE_IP, pbx_address.port)
-    cfg = KAMAILIO_CFG.read_text()
-    for proto in ("udp", "tcp"):
-        cfg = cfg.replace(f"listen={proto}:{pbx_address}", f"listen={proto}:{edge}")
-    cfg = cfg.replace(KAMAILIO_CTL, f"unix:{tmp_path / 'ctl'}")
-    (tmp_path / "kamailio.cfg").write_text(cfg)
-    with (tmp_path / "kamailio.out").open("wb") as out:
-        process = subprocess.Popen(
-            ["kamailio", "-DD", "-f", str(tmp_path / "kamailio.cfg"), "-P", str(tmp_path / "pid"),
-             "-m", "64", "-M", "16"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_until(f"a second edge answers SIP OPTIONS at {edge}",
-                   lambda: process.poll() is None and health.kamailio_answers(edge, SECOND_EDGE_IP),
-                   BACK_WAIT)
+    """Another SIP proxy on the same location store, run for this test only."""
+    with run_second_edge(pbx_address, tmp_path) as (edge, _ctl):
         yield edge
-    finally:
-        # Its main process and workers, and nothing else: they are its own session.
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(BACK_WAIT)
 
 
 def rings_and_one_answers(sipp, phones, ring_step, pbx_address, carrier_ip, did, caller) -> None:

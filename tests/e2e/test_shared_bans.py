@@ -12,26 +12,23 @@ The waits end when what they wait for happens; their limits only bound a failure
 """
 
 import json
-import os
-import signal
+import re
 import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import health
 import pytest
 from conftest import sip_options, untrusted_loopbacks
 from raw_sip import RawSip
+from second_edge import KAMAILIO_CFG, KAMAILIO_CTL, SECOND_EDGE_IP
+from second_edge import second_edge as run_second_edge
 from test_recovery import wait_until
 
 from vpbx import model
 
 EDGE_SETTINGS = Path("/etc/kamailio/vpbx/edge.json")
-KAMAILIO_CFG = Path("/etc/kamailio/kamailio.cfg")
-KAMAILIO_CTL = "unix:/run/kamailio/kamailio_ctl"
-SECOND_EDGE_IP = "127.0.0.2"
 BACK_WAIT = 60.0
 # Enough wrong passwords to be banned by the role's default (kamailio_auth_failures).
 GUESSES = 5
@@ -45,6 +42,11 @@ class Edge:
     def kamcmd(self, *args: str) -> str:
         return subprocess.run(["kamcmd", "-s", self.ctl, *args], capture_output=True, text=True,
                               check=False).stdout
+
+    def count(self, table: str, ip: str) -> int | None:
+        """The integer an htable holds for `ip`, None when it holds nothing."""
+        found = re.search(r"value:\s*(-?\d+)", self.kamcmd("htable.get", table, ip))
+        return int(found.group(1)) if found else None
 
     def banned(self, ip: str) -> bool:
         return "value" in self.kamcmd("htable.get", "vpbx_ban", ip)
@@ -91,36 +93,19 @@ def peers_with_second_edge(settings, first_edge) -> Iterator[str]:
 
 @pytest.fixture
 def second_edge(peers_with_second_edge, first_edge, pbx_address, tmp_path) -> Iterator[Edge]:
-    """The deployed kamailio.cfg on SECOND_EDGE_IP, replicating with the first edge."""
+    """A second SIP proxy, replicating with the first edge."""
     first_dmq = peers_with_second_edge
     second_dmq = f"{SECOND_EDGE_IP}:{first_dmq.rsplit(':', 1)[1]}"
-    edge = Edge(model.HostPort(SECOND_EDGE_IP, pbx_address.port), f"unix:{tmp_path / 'ctl'}")
-    cfg = KAMAILIO_CFG.read_text()
-    for proto in ("udp", "tcp"):
-        cfg = cfg.replace(f"listen={proto}:{pbx_address}", f"listen={proto}:{edge.sip}")
-    cfg = cfg.replace(f"listen=udp:{first_dmq} ", f"listen=udp:{second_dmq} ")
-    cfg = cfg.replace(f'modparam("dmq", "server_address", "sip:{first_dmq}")',
-                      f'modparam("dmq", "server_address", "sip:{second_dmq}")\n'
-                      f'modparam("dmq", "notification_address", "sip:{first_dmq}")')
-    cfg = cfg.replace(KAMAILIO_CTL, edge.ctl)
-    assert f"sip:{second_dmq}" in cfg and f"listen=udp:{second_dmq} " in cfg, "no dmq in kamailio.cfg"
-    (tmp_path / "kamailio.cfg").write_text(cfg)
-    with (tmp_path / "kamailio.out").open("wb") as out:
-        process = subprocess.Popen(
-            ["kamailio", "-DD", "-f", str(tmp_path / "kamailio.cfg"), "-P", str(tmp_path / "pid"),
-             "-m", "64", "-M", "16"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_until(f"a second edge answers SIP OPTIONS at {edge.sip}",
-                   lambda: process.poll() is None and health.kamailio_answers(edge.sip, SECOND_EDGE_IP),
-                   BACK_WAIT)
+    replace = {f"listen=udp:{first_dmq} ": f"listen=udp:{second_dmq} ",
+               f'modparam("dmq", "server_address", "sip:{first_dmq}")':
+                   f'modparam("dmq", "server_address", "sip:{second_dmq}")\n'
+                   f'modparam("dmq", "notification_address", "sip:{first_dmq}")'}
+    assert all(old in KAMAILIO_CFG.read_text() for old in replace), "no dmq in kamailio.cfg"
+    with run_second_edge(pbx_address, tmp_path, replace) as (sip, ctl):
+        edge = Edge(sip, ctl)
         wait_until("the first edge knows the second one as a replication peer",
                    lambda: SECOND_EDGE_IP in first_edge.kamcmd("dmq.list_nodes"), BACK_WAIT)
         yield edge
-    finally:
-        # Its main process and workers, and nothing else: they are its own session.
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(BACK_WAIT)
 
 
 @pytest.fixture
@@ -155,8 +140,8 @@ def test_wrong_passwords_guessed_at_both_edges_add_up_to_one_ban_while_the_phone
     with RawSip(attacker, first_edge.sip) as guesser:
         assert [guesser.register(extension, f"guess-{uuid.uuid4().hex[:8]}") for _ in range(first)] \
             == [401] * first
-    wait_until("the failed authentications reach the second edge",
-               lambda: "value" in second_edge.kamcmd("htable.get", "vpbx_authfail", attacker), BACK_WAIT)
+    wait_until("every failed authentication reaches the second edge",
+               lambda: second_edge.count("vpbx_authfail", attacker) == first, BACK_WAIT)
     with RawSip(attacker, second_edge.sip) as guesser:
         assert [guesser.register(extension, f"guess-{uuid.uuid4().hex[:8]}") for _ in range(rest)] \
             == [401] * rest
