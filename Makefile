@@ -6,7 +6,8 @@ PYTHON := /usr/bin/python3
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: venv deploy check test lint unit integration molecule e2e demo bench cluster cluster-down clean
+.PHONY: help venv tools deploy check test lint unit integration molecule e2e demo bench cluster cluster-down clean
+.DEFAULT_GOAL := help
 
 $(VENV)/.done: requirements.txt pyproject.toml
 	@test -x $(PYTHON) || { echo "Debian's python3 is needed: apt-get install python3" >&2; exit 1; }
@@ -16,7 +17,15 @@ $(VENV)/.done: requirements.txt pyproject.toml
 	$(VENV)/bin/pip install -q -r requirements.txt -e .
 	touch $@
 
+## help: list these targets
+help:
+	@sed -n 's/^## \([a-z0-9-]*\): /\1\t/p' $(MAKEFILE_LIST) | expand -t 15
+
 venv: $(VENV)/.done
+
+## tools: install the test peers on this machine (SIPp, tshark, sox, redis-server)
+tools: venv
+	ansible-playbook -i localhost, playbooks/test_tools.yml
 
 ## deploy: deploy INVENTORY (default inventories/lab) onto its hosts
 deploy: venv
@@ -29,24 +38,26 @@ check: venv
 ## test: lint, unit tests, molecule (converge, idempotence, e2e verify), integration
 test: lint unit molecule integration
 
+## lint: ruff and ansible-lint
 lint: venv
 	ruff check vpbx kemi plugins callbackd cluster tests bench
 	ansible-lint --profile production playbooks roles molecule
 
+## unit: the unit tests (no service needed)
 unit: venv
 	pytest tests/unit -q
 
-# The SIP stack and RTPengine against their own peers (needs what converge installs).
-integration: venv
+## integration: callbackd's SIP stack, RTPengine and the store against their own peers
+integration: tools
 	pytest tests/integration -q -p no:cacheprovider
 
-# The single-host lab (scenario default), then the lab of hosts (cluster).
+## molecule: the single-host lab (scenario default), then the lab of hosts (cluster)
 molecule: venv
 	molecule test
 	molecule test -s cluster
 
 ## e2e: the end-to-end suite alone, against what is deployed now
-e2e: venv
+e2e: tools
 	pytest tests/e2e -v
 
 ## cluster: build the lab of hosts on this machine (network namespaces, cluster/) and deploy inventories/cluster onto it
@@ -68,8 +79,9 @@ bench: venv
 	python bench/recovery.py
 
 ## demo: one callback on the lab deploy, told as a story, with its CDR line
-demo: venv
+demo: tools
 	python tests/e2e/demo.py
 
+## clean: remove the virtualenv and the caches
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
