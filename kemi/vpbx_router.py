@@ -120,6 +120,13 @@ NO_PASSWORD = secrets.token_hex(32)
 LOG_PREFIX = "vpbx: "
 # The SIP proxies' replication (dmq): its request method.
 DMQ_METHOD = "KDMQ"
+# Kamailio's figures for Prometheus (xhttp_prom, kamailio.cfg): xhttp's
+# event_callback, and the one socket that serves them (and takes no SIP).
+XHTTP_EVENT = "ksr_xhttp_event"
+METRICS_SOCKET = "vpbx_metrics"
+# The router's own counters (declared in kamailio.cfg): decisions by action, bans by reason.
+DECISIONS_METRIC = "vpbx_decisions_total"
+BANS_METRIC = "vpbx_bans_total"
 # The vpbx package in the order its modules import one another.
 VPBX_MODULES = ("vpbx.numbers", "vpbx.model", "vpbx.routing_file", "vpbx.policy", "vpbx.decide")
 STATE_MODULE = "vpbx_router_state"
@@ -269,14 +276,26 @@ def route_params(uri: str) -> dict:
     return params
 
 
+def serve_metrics():
+    """An HTTP request: /metrics on the metrics socket is answered by xhttp_prom, anything else 404."""
+    if KSR.pv.get("$Rn") == METRICS_SOCKET and KSR.xhttp_prom.check_uri() > 0:
+        KSR.xhttp_prom.dispatch()
+    else:
+        KSR.xhttp.xhttp_reply(404, "Not Found", "text/plain", "")
+    return 1
+
+
 class Unavailable:
     """Stands in when no routing ever loaded: every new call is refused, not dropped."""
 
     def child_init(self, rank):
         return 0
 
+    def ksr_xhttp_event(self, evname):
+        return serve_metrics()
+
     def ksr_request_route(self, msg):
-        if KSR.is_ACK():
+        if KSR.is_ACK() or KSR.pv.get("$Rn") == METRICS_SOCKET:
             return 1
         KSR.sl.sl_send_reply(503, "Routing Not Loaded")
         return 1
@@ -326,6 +345,9 @@ class VpbxRouter:
 
     def child_init(self, rank):
         return 0
+
+    def ksr_xhttp_event(self, evname):
+        return serve_metrics()
 
     def refresh_routing(self):
         """Load routing.json if it was replaced since this worker loaded it (vpbx.routing_file)."""
@@ -382,8 +404,12 @@ class VpbxRouter:
 
     def ksr_route_dmq(self):
         """KDMQ (bans, failed authentications) from another SIP proxy goes to dmq; anything else
-        on the replication socket, and KDMQ from anyone else or elsewhere, is dropped unanswered."""
-        on_dmq_socket = bool(self.edge.dmq_socket) and KSR.pv.get("$Rn") == self.edge.dmq_socket
+        on the replication socket, and KDMQ from anyone else or elsewhere, is dropped unanswered.
+        So is any SIP on the metrics socket, which serves HTTP (ksr_xhttp_event) alone."""
+        socket = KSR.pv.get("$Rn")
+        if socket == METRICS_SOCKET:
+            return STOP
+        on_dmq_socket = bool(self.edge.dmq_socket) and socket == self.edge.dmq_socket
         is_dmq = KSR.pv.get("$rm") == DMQ_METHOD
         if not on_dmq_socket and not is_dmq:
             return GO_ON
@@ -409,7 +435,7 @@ class VpbxRouter:
             return STOP
         user_agent = KSR.pv.get("$ua")
         if self.edge.scanner is not None and user_agent and self.edge.scanner.search(user_agent):
-            self.ban(source, f"scanner (User-Agent {user_agent!r})")
+            self.ban(source, "scanner", f"scanner (User-Agent {user_agent!r})")
             return STOP
         return GO_ON
 
@@ -417,9 +443,11 @@ class VpbxRouter:
         """Trunks, engines and the admin's trusted sources are never banned."""
         return source in self.never_banned or KSR.dispatcher.ds_is_from_list(ENGINE_SET) > 0
 
-    def ban(self, source, why):
+    def ban(self, source, reason, why=None):
+        """`reason`: the counter's label (flooding, scanner, authentication); `why`: the log's words."""
         KSR.htable.sht_seti(BAN_TABLE, source, 1)
-        KSR.notice(f"{LOG_PREFIX}ban: {source} banned ({why}), its requests are dropped\n")
+        KSR.xhttp_prom.counter_inc_l1(BANS_METRIC, 1, reason)
+        KSR.notice(f"{LOG_PREFIX}ban: {source} banned ({why or reason}), its requests are dropped\n")
 
     def auth_failed(self, source, user, rc):
         """Credentials that do not verify: counted per source; too many in the window ban it."""
@@ -432,7 +460,7 @@ class VpbxRouter:
                  f"(auth {rc}, {failures} in a row)\n")
         if failures >= self.edge.auth_failures:
             KSR.htable.sht_rm(AUTH_FAIL_TABLE, source)
-            self.ban(source, f"{failures} failed authentications")
+            self.ban(source, "authentication", f"{failures} failed authentications")
 
     def ksr_route_reqinit(self):
         if KSR.maxfwd.process_maxfwd(10) < 0:
@@ -619,6 +647,7 @@ class VpbxRouter:
             caller = KSR.pv.get("$(ai{uri.user})") or caller
         did = KSR.pv.get("$rU")
         action = self.router.decide(origin, did, caller)
+        KSR.xhttp_prom.counter_inc_l1(DECISIONS_METRIC, 1, type(action).__name__)
         KSR.info(f"{LOG_PREFIX}decision: from={KSR.pv.get('$si')} origin={_origin_text(origin)} "
                  f"caller={caller} ruri={did} -> {_action_text(action)}\n")
         d = self.decide

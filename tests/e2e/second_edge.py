@@ -1,7 +1,7 @@
 """A second SIP proxy beside the deployed one, for the tests of what the edges share.
 
-The deployed kamailio.cfg, listening on SECOND_EDGE_IP with a control socket
-of its own (and whatever else a test replaces), run as its own session and
+The deployed kamailio.cfg, listening on SECOND_EDGE_IP (SIP and metrics) with
+a control socket of its own (and whatever else a test replaces), run as its own session and
 ended with it: another host of sip_proxies, as far as the first edge and the
 state store can tell.
 """
@@ -9,6 +9,7 @@ state store can tell.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -37,6 +38,9 @@ def second_edge(pbx_address: model.HostPort, workdir: Path,
     cfg = KAMAILIO_CFG.read_text()
     for proto in ("udp", "tcp"):
         cfg = cfg.replace(f"listen={proto}:{pbx_address}", f"listen={proto}:{edge}")
+    # The first edge holds its metrics port (TCP, one listener per address).
+    cfg = re.sub(r'^listen=tcp:\S+:(\d+) (name "vpbx_metrics")$', rf"listen=tcp:{SECOND_EDGE_IP}:\1 \2",
+                 cfg, flags=re.M)
     for old, new in (replace or {}).items():
         cfg = cfg.replace(old, new)
     cfg = cfg.replace(KAMAILIO_CTL, ctl)
