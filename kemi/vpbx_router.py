@@ -291,7 +291,7 @@ class Unavailable:
     def child_init(self, rank):
         return 0
 
-    def ksr_xhttp_event(self, evname):
+    def ksr_xhttp_event(self, msg, evname):
         return serve_metrics()
 
     def ksr_request_route(self, msg):
@@ -346,7 +346,7 @@ class VpbxRouter:
     def child_init(self, rank):
         return 0
 
-    def ksr_xhttp_event(self, evname):
+    def ksr_xhttp_event(self, msg, evname):
         return serve_metrics()
 
     def refresh_routing(self):
