@@ -363,18 +363,21 @@ class VpbxRouter:
     # -- request route -----------------------------------------------------
 
     def ksr_request_route(self, msg):
+        # Read once: every step below asks for them.
+        source = KSR.pv.get("$si")
+        method = KSR.pv.get("$rm")
         # Replication between the SIP proxies: on its own socket, from them alone.
-        if self.ksr_route_dmq() == STOP:
+        if self.ksr_route_dmq(source, method) == STOP:
             return 1
         self.refresh_routing()
         # Banned, flooding or scanning sources get nothing, not even a reply.
-        if self.ksr_route_shield() == STOP:
+        if self.ksr_route_shield(source) == STOP:
             return 1
         # Sanity, loops, retransmissions.
-        if self.ksr_route_reqinit() == STOP:
+        if self.ksr_route_reqinit(source, method) == STOP:
             return 1
         # CANCEL goes where its INVITE went, or nowhere.
-        if KSR.is_CANCEL():
+        if method == "CANCEL":
             if KSR.tm.t_check_trans() > 0:
                 self.ksr_route_relay()
             return 1
@@ -385,24 +388,24 @@ class VpbxRouter:
         # Our headers are ours alone, whoever sent them.
         KSR.textops.remove_hf_re(OWN_HEADERS_RE)
         # Phones register with digest authentication.
-        if KSR.is_REGISTER():
+        if method == "REGISTER":
             self.ksr_route_registrar()
             return 1
-        if KSR.is_OPTIONS() and KSR.is_myself_ruri() and not KSR.pv.get("$rU"):
+        if method == "OPTIONS" and KSR.is_myself_ruri() and not KSR.pv.get("$rU"):
             KSR.sl.sl_send_reply(200, "OK")
             return 1
-        if not KSR.is_INVITE():
+        if method != "INVITE":
             KSR.sl.sl_send_reply(405, "Method Not Allowed")
             return 1
         # Who is calling: a trunk (trusted caller ID), an extension, or nobody we know.
-        origin = self.ksr_route_origin()
+        origin = self.ksr_route_origin(source)
         if origin is None:
             return 1
         # The decision, then the action.
-        self.ksr_route_decide(origin)
+        self.ksr_route_decide(origin, source)
         return 1
 
-    def ksr_route_dmq(self):
+    def ksr_route_dmq(self, source, method):
         """KDMQ (bans, failed authentications) from another SIP proxy goes to dmq; anything else
         on the replication socket, and KDMQ from anyone else or elsewhere, is dropped unanswered.
         So is any SIP on the metrics socket, which serves HTTP (ksr_xhttp_event) alone."""
@@ -410,22 +413,20 @@ class VpbxRouter:
         if socket == METRICS_SOCKET:
             return STOP
         on_dmq_socket = bool(self.edge.dmq_socket) and socket == self.edge.dmq_socket
-        is_dmq = KSR.pv.get("$rm") == DMQ_METHOD
+        is_dmq = method == DMQ_METHOD
         if not on_dmq_socket and not is_dmq:
             return GO_ON
-        source = KSR.pv.get("$si")
         if on_dmq_socket and is_dmq and source in self.edge.dmq_peers:
             KSR.dmq.handle_message()
             return STOP
         if KSR.htable.sht_get(BAN_TABLE, source) is None:
-            KSR.info(f"{LOG_PREFIX}{KSR.pv.get('$rm')} from {source} dropped: "
+            KSR.info(f"{LOG_PREFIX}{method} from {source} dropped: "
                      f"{'not a SIP proxy of this PBX' if is_dmq else 'not KDMQ'} on the replication socket\n"
                      if on_dmq_socket else
                      f"{LOG_PREFIX}KDMQ from {source} dropped: not on the replication socket\n")
         return STOP
 
-    def ksr_route_shield(self):
-        source = KSR.pv.get("$si")
+    def ksr_route_shield(self, source):
         if KSR.htable.sht_get(BAN_TABLE, source) is not None:
             return STOP
         if self.trusted(source):
@@ -462,15 +463,15 @@ class VpbxRouter:
             KSR.htable.sht_rm(AUTH_FAIL_TABLE, source)
             self.ban(source, "authentication", f"{failures} failed authentications")
 
-    def ksr_route_reqinit(self):
+    def ksr_route_reqinit(self, source, method):
         if KSR.maxfwd.process_maxfwd(10) < 0:
             KSR.sl.sl_send_reply(483, "Too Many Hops")
             return STOP
         if KSR.sanity.sanity_check(1511, 7) < 0:
-            KSR.info(f"{LOG_PREFIX}malformed request from {KSR.pv.get('$si')} dropped\n")
+            KSR.info(f"{LOG_PREFIX}malformed request from {source} dropped\n")
             return STOP
         # Retransmissions are absorbed by the transaction they belong to.
-        if not KSR.is_ACK():
+        if method != "ACK":
             if KSR.tmx.t_precheck_trans() > 0:
                 KSR.tm.t_check_trans()
                 return STOP
@@ -597,8 +598,7 @@ class VpbxRouter:
         KSR.htable.sht_sets(REGSRC_TABLE, source, user)
         return True
 
-    def ksr_route_origin(self):
-        source = KSR.pv.get("$si")
+    def ksr_route_origin(self, source):
         trunk = self.router.trunk_for(source)
         if trunk is not None:
             return self.decide.FromTrunk(trunk, self.verification(trunk))
@@ -637,7 +637,7 @@ class VpbxRouter:
             # A name, not an address: nothing resolves it, the call goes to the source.
             return False
 
-    def ksr_route_decide(self, origin):
+    def ksr_route_decide(self, origin, source):
         if not isinstance(origin, (self.decide.FromTrunk, self.decide.FromEngine)):
             for name in ASSERTED_IDENTITY_HEADERS:
                 KSR.hdr.remove(name)
@@ -648,8 +648,8 @@ class VpbxRouter:
         did = KSR.pv.get("$rU")
         action = self.router.decide(origin, did, caller)
         KSR.xhttp_prom.counter_inc_l1(DECISIONS_METRIC, 1, type(action).__name__)
-        KSR.info(f"{LOG_PREFIX}decision: from={KSR.pv.get('$si')} origin={_origin_text(origin)} "
-                 f"caller={caller} ruri={did} -> {_action_text(action)}\n")
+        KSR.info(f"{LOG_PREFIX}decision: from={source} origin={origin.log} "
+                 f"caller={caller} ruri={did} -> {action.log}\n")
         d = self.decide
         if isinstance(action, d.Reject):
             KSR.sl.sl_send_reply(action.code, action.reason)
@@ -661,6 +661,10 @@ class VpbxRouter:
         elif isinstance(action, d.RingExtension):
             self.record_route()
             self.ksr_route_ring_extension(action.extension)
+        elif isinstance(action.steps[0], d.Reject):
+            # A scheme that only refuses: nothing to relay, so no transaction
+            # and no Record-Route; retransmissions get the same reply from sl.
+            KSR.sl.sl_send_reply(action.steps[0].code, action.steps[0].reason)
         else:
             self.record_route()
             KSR.tm.t_newtran()
@@ -695,7 +699,7 @@ class VpbxRouter:
         # A call-back leg: out through the trunk, media already anchored by the engine.
         self.record_route(engine=True)
         KSR.tm.t_newtran()
-        KSR.seturi(f"sip:{action.number}@{self.config.trunks[0].address}")
+        KSR.seturi(action.uri)
         KSR.resetdsturi()
         if KSR.tm.t_relay() < 0:
             KSR.tm.t_reply(500, "Server Error")
@@ -717,32 +721,30 @@ class VpbxRouter:
         `offered`: an earlier step's branch offered media to RTPengine (in a
         failure route), so a call that ends here deletes that session.
         """
-        steps = self.router.config.routing_schemes[self.config.numbers[did].routing]
-        while index < len(steps):
-            step = steps[index]
+        step = self.router.step(did, index)
+        while step is not None:
             KSR.pv.seti(AVP_STEP, index)
-            if isinstance(step, self.model.RejectStep):
-                self.end_call(step.code, "Rejected By Routing", offered)
+            if isinstance(step, self.decide.Reject):
+                self.end_call(step.code, step.reason, offered)
                 return
-            if isinstance(step, self.model.RingStep):
+            if isinstance(step, self.decide.Ring):
                 KSR.pv.unset(AVP_OUT)
                 if self.lookup_extensions(step.extensions):
-                    ms = step.timeout * 1000
-                    KSR.tm.t_set_fr(ms, ms)
+                    KSR.tm.t_set_fr(step.timeout_ms, step.timeout_ms)
                     KSR.tm.t_on_failure(FAILURE_ROUTE)
                     self.ksr_route_relay()
                     return
                 KSR.info(f"{LOG_PREFIX}step {index}: none of {','.join(step.extensions)} registered\n")
             else:
-                trunk = self.config.trunks[0]
                 KSR.resetdsturi()
                 KSR.tm.t_reset_fr()
-                KSR.seturi(f"sip:{step.number}@{trunk.address}")
+                KSR.seturi(step.uri)
                 KSR.pv.seti(AVP_OUT, 1)
                 KSR.tm.t_on_failure(FAILURE_ROUTE)
                 self.ksr_route_relay()
                 return
             index += 1
+            step = self.router.step(did, index)
         self.end_call(480, "Temporarily Unavailable", offered)
 
     def end_call(self, code, reason, offered):
@@ -831,8 +833,7 @@ class VpbxRouter:
             return 1
         code = KSR.pv.get("$T_reply_code")
         KSR.info(f"{LOG_PREFIX}step {step} of {did} failed with {code}, next step\n")
-        steps = self.config.routing_schemes[self.config.numbers[did].routing]
-        if int(step) + 1 >= len(steps):
+        if self.router.step(did, int(step) + 1) is None:
             KSR.rtpengine.rtpengine_delete0()
             return 1
         self.ksr_route_scheme_step(did, int(step) + 1, offered=True)
@@ -852,16 +853,3 @@ def received_hosts(uris) -> set:
             hosts.add(hostport.rsplit(":", 1)[0])
     return hosts
 
-
-def _origin_text(origin) -> str:
-    name = type(origin).__name__
-    detail = getattr(origin, "trunk", None) or getattr(origin, "number", None)
-    verified = getattr(origin, "verified", None)
-    if verified is not None:
-        detail = f"{detail}, verified={verified}"
-    return f"{name}({detail})" if detail else name
-
-
-def _action_text(action) -> str:
-    fields = ", ".join(f"{k}={v}" for k, v in vars(action).items() if k != "steps")
-    return f"{type(action).__name__}({fields})"

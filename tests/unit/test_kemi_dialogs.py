@@ -167,12 +167,12 @@ def dmq_router(script):
 def test_kdmq_is_taken_from_the_peers_on_the_replication_socket_only(script, ksr, source, socket, method,
                                                                      handled):
     ksr.pvs.update({"$si": source, "$Rn": socket, "$rm": method})
-    assert dmq_router(script).ksr_route_dmq() == script.STOP
+    assert dmq_router(script).ksr_route_dmq(ksr.pvs["$si"], ksr.pvs["$rm"]) == script.STOP
     assert bool(ksr.called("dmq.handle_message")) == handled
     assert not ksr.called("sl.sl_send_reply")
 
 
 def test_sip_on_the_sip_port_is_not_for_dmq(script, ksr):
     ksr.pvs.update({"$si": "192.0.2.7", "$Rn": "", "$rm": "INVITE"})
-    assert dmq_router(script).ksr_route_dmq() == script.GO_ON
+    assert dmq_router(script).ksr_route_dmq(ksr.pvs["$si"], ksr.pvs["$rm"]) == script.GO_ON
     assert not ksr.called("dmq.handle_message")
