@@ -72,6 +72,7 @@ cluster-down: venv
 ## bench: the figures of bench/RESULTS.md, on the lab deploy (not part of test)
 bench: venv
 	python bench/decision.py
+	python bench/deployed_router.py
 	python bench/callback_latency.py
 	python bench/bridged_callbacks.py
 	python bench/reload.py
