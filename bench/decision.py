@@ -66,7 +66,7 @@ from decision_data import (
 )
 from decision_report import COST_ROUNDS, EMBEDDED_PYTHON, GOAL_SIZE, SHM_MB, report
 from kamailio_instance import KAMAILIO, KAMCMD, START_TIMEOUT, BenchError, Kamailio, stop_all
-from report import common_rate, write_results
+from report import common_rate, publish
 from sipp_load import (
     SIPP,
     Step,
@@ -467,12 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     results["ended"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     results["wall_minutes"] = (time.monotonic() - t0) / 60
     block = report(results, args_line)
-    print("\n" + block)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
-    if args.write_results and not interrupted:
-        write_results(args.write_results, block, info, SECTION, "bench/decision.py")
-        print(f"\nwrote {args.write_results}")
+    publish(block, results, args.json, None if interrupted else args.write_results, SECTION,
+            "bench/decision.py")
     return 1 if interrupted else 0
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import json
 import random
 import shlex
 import signal
@@ -45,7 +44,7 @@ from pathlib import Path
 import lab
 from decision_data import random_mobile
 from kamailio_instance import BenchError, DeployedKamailio, Kamailio, stop_all
-from report import best, common_rate, ratio, step_at, us, write_results
+from report import best, common_rate, publish, ratio, step_at, us
 from sipp_load import Traffic, check_replies, judge, lockstep_ramp, ms, ramp_outcome, run_sipp
 
 BENCH = lab.REPO / "bench" / "deployed"
@@ -385,11 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         results["ended"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         results["wall_minutes"] = (time.monotonic() - t0) / 60
         block = report(results, args_line)
-    print("\n" + block)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
-    if args.write_results:
-        write_results(args.write_results, block, results["machine"], SECTION, "bench/deployed_router.py")
+    publish(block, results, args.json, args.write_results, SECTION, "bench/deployed_router.py")
     return 0
 
 

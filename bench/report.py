@@ -6,11 +6,12 @@ Each bench's results are dicts (JSON-able): per side a list of steps
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from sipp_load import FAIL_LIMIT, KEEP_UP, ms
 
-__all__ = ["best", "common_rate", "loose_max", "ms", "ratio", "step_at", "us", "write_results"]
+__all__ = ["best", "common_rate", "loose_max", "ms", "publish", "ratio", "step_at", "us", "write_results"]
 
 
 def ratio(a: float | None, b: float | None) -> str:
@@ -65,3 +66,14 @@ def write_results(path: Path, block: str, machine_info: dict[str, str], section:
     else:
         text = text.rstrip("\n") + f"\n\n{section}\n\n{body}\n"
     path.write_text(text)
+
+
+def publish(block: str, results: dict, json_path: Path | None, results_md: Path | None, section: str,
+            bench: str) -> None:
+    """Print the block; write every figure as JSON and the block into RESULTS.md where asked."""
+    print("\n" + block)
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2, default=str))
+    if results_md:
+        write_results(results_md, block, results["machine"], section, bench)
+        print(f"\nwrote {results_md}")
