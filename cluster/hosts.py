@@ -82,7 +82,7 @@ def make_new(host: Host, pid: int, python_packages: list[str], wheels: Path) -> 
     hosts = f"127.0.0.1\tlocalhost\n{host.address}\t{host.name}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
     enter(pid, "sh", "-c", 'cat > /etc/hosts', input=hosts)
     # The runtime's third-party packages from the machine's wheels: a host
-    # reaches no package index (the vpbx_runtime role then finds them there).
+    # reaches no package index (the runtime role then finds them there).
     venv = "/opt/vpbx/venv"
     enter(pid, "/usr/bin/python3", "-m", "venv", venv)
     enter(pid, "env", "PIP_CONFIG_FILE=/dev/null", f"{venv}/bin/pip", "install", "-q", "--no-index",

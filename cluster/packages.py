@@ -43,7 +43,7 @@ def debian_packages() -> list[str]:
 
 
 def python_packages() -> list[str]:
-    return sorted({*_role_var("vpbx_runtime/defaults/main.yml", "vpbx_runtime_packages"),
+    return sorted({*_role_var("runtime/defaults/main.yml", "runtime_packages"),
                    *_role_var("callbackd/defaults/main.yml", "callbackd_packages")})
 
 

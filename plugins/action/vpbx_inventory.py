@@ -1,13 +1,37 @@
-"""Validate the vpbx_* variables on the controller, before any host is touched."""
+"""Validate the inventory on the controller, before any host is touched: the
+contract's vpbx_* variables, and the roles' own variables it sets."""
 
 import re
 from pathlib import Path
 
+import yaml
 from ansible.plugins.action import ActionBase
 
 from vpbx import model
 
-_TOP_KEY = re.compile(r"^(vpbx_\w+)\s*:", re.MULTILINE)
+_TOP_KEY = re.compile(r"^(\w+)\s*:", re.MULTILINE)
+ROLES = Path(__file__).resolve().parents[2] / "roles"
+
+
+def known_role_variables(roles: Path = ROLES) -> dict[str, set[str]]:
+    """Each role's variables: its defaults and its argument specs' options
+    (the documented ones without a default too), so that a new variable needs
+    no edit here. The contract's own role (vpbx_inventory) is left out: its
+    prefix is the contract's, which model.load() checks."""
+    known = {}
+    for role in sorted(p for p in roles.iterdir() if (p / "meta").is_dir()):
+        if role.name.startswith("vpbx_"):
+            continue
+        names = set(_yaml(role / "defaults" / "main.yml"))
+        specs = _yaml(role / "meta" / "argument_specs.yml").get("argument_specs") or {}
+        for entry_point in specs.values():
+            names.update(entry_point.get("options") or {})
+        known[role.name] = names
+    return known
+
+
+def _yaml(path: Path) -> dict:
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
 def _defined_in(inventory_dir: str | None, key: str) -> str | None:
@@ -45,7 +69,7 @@ class ActionModule(ActionBase):
             host: self._templar.template(hostvars[host].get("vpbx_internal_address"))
             for group in model.PBX_GROUPS for host in groups.get(group, ())
         }
-        problems: list[str] = []
+        problems = model.role_variables(task_vars, known_role_variables())
         config = None
         try:
             model.hosts(groups, addresses)
@@ -62,7 +86,7 @@ class ActionModule(ActionBase):
                 key = re.split(r"[.\[:]", line, maxsplit=1)[0]
                 where = _defined_in(inventory_dir, key)
                 errors.append(f"{where}: {line}" if where else line)
-            result.update(failed=True, msg="The inventory breaks the contract:\n  " + "\n  ".join(errors))
+            result.update(failed=True, msg="The inventory has errors:\n  " + "\n  ".join(errors))
             return result
         # The validated config holds the extensions' passwords and the PINs:
         # the facts are set, but never shown, not even with -v.

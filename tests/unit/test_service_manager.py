@@ -34,7 +34,7 @@ def yaml_files(role: Path) -> list[Path]:
 
 
 def role_variables(role: Path) -> dict:
-    variables: dict = {"vpbx_runtime_prefix": "/opt/vpbx"}
+    variables: dict = {"runtime_prefix": "/opt/vpbx"}
     for part in ("defaults", "vars"):
         path = role / part / "main.yml"
         if path.is_file():
@@ -79,7 +79,7 @@ def program(service: dict) -> configparser.SectionProxy:
 
 
 def test_only_the_service_manager_role_knows_what_runs_services():
-    for name in (*SERVICE_ROLES, "vpbx_runtime"):
+    for name in (*SERVICE_ROLES, "runtime"):
         for path in yaml_files(ROLES / name):
             text = path.read_text()
             for way in OTHER_WAYS:
