@@ -36,7 +36,6 @@ import importlib
 import json
 import re
 import secrets
-import site
 import sys
 import time
 import types
@@ -127,28 +126,26 @@ METRICS_SOCKET = "vpbx_metrics"
 # The router's own counters (declared in kamailio.cfg): decisions by action, bans by reason.
 DECISIONS_METRIC = "vpbx_decisions_total"
 BANS_METRIC = "vpbx_bans_total"
-# The vpbx package in the order its modules import one another.
-VPBX_MODULES = ("vpbx.numbers", "vpbx.model", "vpbx.routing_file", "vpbx.policy", "vpbx.decide")
 STATE_MODULE = "vpbx_router_state"
 
 
 def _use_runtime() -> None:
-    """Put the vpbx runtime virtualenv first on sys.path: this interpreter is
-    Debian's, and a Debian package of the same name must not win."""
-    before = list(sys.path)
-    for line in PYTHONPATH_FILE.read_text().split():
-        site.addsitedir(line)
-    sys.path[:] = [p for p in sys.path if p not in before] + before
+    """The runtime virtualenv's site-packages (the project's wheel and the
+    dependencies it pins), named in `pythonpath`, first on sys.path: this
+    interpreter is Debian's, and a Debian package of the same name must not win."""
+    for path in reversed(PYTHONPATH_FILE.read_text().split()):
+        if path not in sys.path:
+            sys.path.insert(0, path)
 
 
 def _fresh_vpbx():
-    """The vpbx modules, executed anew: a reload re-runs this script only, and
+    """The vpbx package executed anew: a reload re-runs this script only, and
     new routing code must not meet old modules cached by the worker."""
-    modules = {}
-    for name in VPBX_MODULES:
-        cached = sys.modules.get(name)
-        modules[name] = importlib.reload(cached) if cached else importlib.import_module(name)
-    return modules["vpbx.decide"], modules["vpbx.model"], modules["vpbx.routing_file"]
+    for name in [n for n in sys.modules if n == "vpbx" or n.startswith("vpbx.")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
+    return (importlib.import_module("vpbx.decide"), importlib.import_module("vpbx.model"),
+            importlib.import_module("vpbx.routing_file"))
 
 
 def timed(load, decide):
