@@ -6,15 +6,15 @@ PYTHON := /usr/bin/python3
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: help venv tools deploy check test lint unit integration molecule e2e demo bench cluster cluster-down clean
+.PHONY: help venv tools deploy check test lint unit scenarios integration molecule e2e demo bench cluster cluster-down clean
 .DEFAULT_GOAL := help
 
-$(VENV)/.done: requirements.txt pyproject.toml
+$(VENV)/.done: requirements.txt pyproject.toml tests/support/pyproject.toml
 	@test -x $(PYTHON) || { echo "Debian's python3 is needed: apt-get install python3" >&2; exit 1; }
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || apt-get install -y -qq python3-venv
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -r requirements.txt -e .
+	$(VENV)/bin/pip install -q -r requirements.txt -e . -e tests/support
 	touch $@
 
 ## help: list these targets
@@ -35,8 +35,8 @@ deploy: venv
 check: venv
 	ansible-playbook -i $(INVENTORY) playbooks/site.yml --check --diff
 
-## test: lint, unit tests, molecule (converge, idempotence, e2e verify), integration
-test: lint unit molecule integration
+## test: lint, unit tests, molecule (converge, idempotence, e2e verify), integration, the SIPp scenarios
+test: lint unit molecule integration scenarios
 
 ## lint: ruff and ansible-lint
 lint: venv
@@ -46,6 +46,14 @@ lint: venv
 ## unit: the unit tests (no service needed)
 unit: venv
 	pytest tests/unit -q
+
+## scenarios: the e2e suite's SIPp scenarios proved on their own, without a PBX (root)
+# Each caller against a callee or a peer playing the PBX on loopback
+# addresses no lab part uses, pairs that must fail included, so that the
+# scenarios' checks are known to bite.
+scenarios: tools
+	tests/e2e/scenarios/selfcheck.sh
+	tests/e2e/scenarios/selfcheck_far_end.sh
 
 ## integration: callbackd's SIP stack, RTPengine and the store against their own peers
 integration: tools

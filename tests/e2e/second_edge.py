@@ -16,8 +16,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-import health
 from test_recovery import wait_until
+from vpbx_testing import health
 
 from vpbx import model
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from conftest import untrusted_loopbacks
 from prometheus_client.parser import text_string_to_metric_families
-from raw_sip import RawSip
-from rtp_pcap import dtmf_then_tone_pcap, tone_pcap
+from vpbx_testing.raw_sip import RawSip
+from vpbx_testing.rtp_pcap import dtmf_then_tone_pcap, tone_pcap
 from test_callback import (  # noqa: F401 (cdr_after: a fixture)
     CLIENT_E164,
     CLIENT_NUMBER,

@@ -24,7 +24,9 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
-SCENARIOS = Path(__file__).parent / "scenarios"
+from vpbx_testing import REPO
+
+SCENARIOS = REPO / "tests" / "e2e" / "scenarios"
 SIPP = os.environ.get("VPBX_SIPP", "sipp")
 PCAP_DIR = Path("/usr/share/sip-tester")
 G711A_PCAP = PCAP_DIR / "g711a.pcap"
