@@ -7,6 +7,7 @@ the old one).
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,21 @@ def test_scanner_user_agents_match_in_any_case(script):
     edge = script.EdgeSettings(scanner_user_agents=["friendly-scanner", "sipvicious"])
     assert edge.scanner.search("SIPVicious 0.3.4") and edge.scanner.search("friendly-scanner")
     assert not edge.scanner.search("Linphone/5.2") and script.EdgeSettings().scanner is None
+
+
+def test_new_router_code_is_every_module_of_the_vpbx_package_executed_anew(script):
+    # app_python's reload re-runs the script only: the package's modules,
+    # whichever there are, must not be the ones the worker cached.
+    kept = {name: module for name, module in sys.modules.items() if name.split(".")[0] == "vpbx"}
+    try:
+        decide_before = script._fresh_vpbx()[0]
+        import vpbx.numbers as numbers_before
+
+        decide_after, model_after, routing_file_after = script._fresh_vpbx()
+        assert decide_after is not decide_before
+        assert sys.modules["vpbx.numbers"] is not numbers_before
+        assert (model_after.__name__, routing_file_after.__name__) == ("vpbx.model", "vpbx.routing_file")
+    finally:
+        for name in [n for n in sys.modules if n.split(".")[0] == "vpbx"]:
+            del sys.modules[name]
+        sys.modules.update(kept)
