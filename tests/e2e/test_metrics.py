@@ -18,8 +18,6 @@ from pathlib import Path
 import pytest
 from conftest import untrusted_loopbacks
 from prometheus_client.parser import text_string_to_metric_families
-from vpbx_testing.raw_sip import RawSip
-from vpbx_testing.rtp_pcap import dtmf_then_tone_pcap, tone_pcap
 from test_callback import (  # noqa: F401 (cdr_after: a fixture)
     CLIENT_E164,
     CLIENT_NUMBER,
@@ -30,6 +28,8 @@ from test_callback import (  # noqa: F401 (cdr_after: a fixture)
     far_end_keys,
     trigger,
 )
+from vpbx_testing.raw_sip import RawSip
+from vpbx_testing.rtp_pcap import dtmf_then_tone_pcap, tone_pcap
 
 from callbackd.config import load_settings
 from vpbx import model
