@@ -6,7 +6,7 @@ PYTHON := /usr/bin/python3
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: help venv tools deploy check test lint unit scenarios integration molecule e2e demo bench cluster cluster-down clean
+.PHONY: help venv tools deploy lists check test lint unit scenarios integration molecule e2e demo bench cluster cluster-down clean
 .DEFAULT_GOAL := help
 
 $(VENV)/.done: requirements.txt pyproject.toml tests/support/pyproject.toml
@@ -30,6 +30,10 @@ tools: venv
 ## deploy: deploy INVENTORY (default inventories/lab) onto its hosts
 deploy: venv
 	ansible-playbook -i $(INVENTORY) playbooks/site.yml
+
+## lists: re-validate INVENTORY and replace only its routing data (lists, DIDs, schemes, extensions): seconds, no restart
+lists: venv
+	ansible-playbook -i $(INVENTORY) playbooks/lists.yml
 
 ## check: show what a deploy of INVENTORY would change, changing nothing
 check: venv
@@ -84,6 +88,7 @@ bench: venv
 	python bench/callback_latency.py
 	python bench/bridged_callbacks.py
 	python bench/reload.py
+	python bench/lists.py
 	python bench/flood.py
 	python bench/recovery.py
 

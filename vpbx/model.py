@@ -71,12 +71,29 @@ NUMBER_TYPES = {
 }
 
 
+# How many errors a refusal lists: the first ones say what is wrong, and a
+# list pasted from the wrong column would otherwise print tens of thousands.
+ERRORS_LISTED = 20
+
+
 class InventoryError(ValueError):
-    """The inventory breaks the contract; `errors` lists every problem found."""
+    """The inventory breaks the contract; `errors` lists every problem found.
+
+    Its message lists the first `ERRORS_LISTED` of them and counts the rest.
+    """
 
     def __init__(self, errors: list[str]):
         self.errors = errors
-        super().__init__("\n".join(errors))
+        super().__init__("\n".join(error_listing(errors)))
+
+
+def error_listing(errors: list[str], limit: int = ERRORS_LISTED) -> list[str]:
+    """The first `limit` errors, then one line counting the others, if any."""
+    listed = errors[:limit]
+    rest = len(errors) - len(listed)
+    if rest:
+        listed.append(f"... and {rest} more error{'s' if rest > 1 else ''} ({len(errors)} in all)")
+    return listed
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,12 @@ def _yaml(path: Path) -> dict:
     return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
-def _defined_in(inventory_dir: str | None, key: str) -> str | None:
-    """The inventory file that sets `key`, so an error points where to edit."""
+def _definitions(inventory_dir: str | None) -> dict[str, str]:
+    """Each top-level `vpbx_*` key of the inventory and the file that sets it, so an error
+    points where to edit (the first that sets it, host_vars before group_vars)."""
+    found: dict[str, str] = {}
     if not inventory_dir:
-        return None
+        return found
     root = Path(inventory_dir)
     for folder in ("host_vars", "group_vars"):
         for path in sorted((root / folder).rglob("*")):
@@ -46,9 +48,9 @@ def _defined_in(inventory_dir: str | None, key: str) -> str | None:
                     keys = _TOP_KEY.findall(path.read_text(errors="replace"))
                 except OSError:
                     continue
-                if key in keys:
-                    return str(path)
-    return None
+                for key in keys:
+                    found.setdefault(key, str(path))
+    return found
 
 
 class ActionModule(ActionBase):
@@ -80,11 +82,11 @@ class ActionModule(ActionBase):
         except model.InventoryError as exc:
             problems += exc.errors
         if problems:
-            inventory_dir = task_vars.get("inventory_dir")
+            # The files are read once, whatever the number of errors.
+            files = _definitions(task_vars.get("inventory_dir"))
             errors = []
-            for line in problems:
-                key = re.split(r"[.\[:]", line, maxsplit=1)[0]
-                where = _defined_in(inventory_dir, key)
+            for line in model.error_listing(problems):
+                where = files.get(re.split(r"[.\[:]", line, maxsplit=1)[0])
                 errors.append(f"{where}: {line}" if where else line)
             result.update(failed=True, msg="The inventory has errors:\n  " + "\n  ".join(errors))
             return result
