@@ -77,7 +77,7 @@ def test_a_number_added_by_make_lists_is_called_back_while_a_call_stays_up(
     far_end = sipp.start_uas("callee.xml", carrier_ip, trunk_port, callee_keys("answer", user=forward_number),
                              timeout=40)
     sipp.run_uac("carrier_call.xml", carrier_ip, str(pbx_address),
-                 caller_keys(callback_did.number, unlisted_caller, hangup="remote"), timeout=40)
+                 caller_keys(callback_did.number, unlisted_caller), timeout=40)
     far_end.expect_success()
     assert pids() == before
 
