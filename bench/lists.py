@@ -38,12 +38,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
-
-import services
 import yaml
 from lab import LAB, REPO, bench_inventory, callback_did, machine, say, wait_until_quiet
 from reload import mobiles
+from vpbx_testing import services
 
 KAMAILIO_ROUTING = Path("/etc/kamailio/vpbx/routing.json")
 GOALS_S = {"lab": 10.0, "100k": 15.0, "refusal": 15.0}

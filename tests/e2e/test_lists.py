@@ -14,12 +14,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-import services
 import yaml
 from conftest import REPO, inventory_dir
-from peers import callee_keys, caller_keys
-from sipp import release
 from test_reload import edited_inventory  # noqa: F401 (a fixture: the list also holds unlisted_caller)
+from vpbx_testing import services
+from vpbx_testing.peers import callee_keys, caller_keys
+from vpbx_testing.sipp import release
 
 KAMAILIO_ROUTING = Path("/etc/kamailio/vpbx/routing.json")
 LISTS_TIMEOUT = 600
