@@ -91,6 +91,7 @@ bench: venv
 	python bench/lists.py
 	python bench/flood.py
 	python bench/recovery.py
+	python bench/memory.py
 
 ## demo: one callback on the lab deploy, told as a story, with its CDR line
 demo: tools

@@ -49,7 +49,6 @@ from callbackd.cdr import CdrWriter
 from callbackd.config import Settings, canonical_ip
 from callbackd.dtmf import parse_rtpengine_log, sent_by
 from callbackd.limits import Limits, MemoryLimits
-from callbackd.loglimit import LogLimiter
 from callbackd.prompts import Prompts
 from callbackd.recording import convert_recording, find_recording
 from callbackd.rtpengine import BOUND_MEDIA_FLAGS, NgClient, NgError, placeholder_sdp, sdp_audio_endpoint
@@ -57,6 +56,7 @@ from callbackd.sip import Headers, Leg, LegHandler, SipEndpoint
 from callbackd.store import CLAIM_RENEW_S, HEARTBEAT_S, Callbacks, StoreDown
 from callbackd.trigger import BadTrigger, edge_decision
 from vpbx import decide, model
+from vpbx.loglimit import LogLimiter
 from vpbx.routing_file import RoutingFile
 
 log = logging.getLogger(__name__)

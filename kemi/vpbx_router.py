@@ -23,6 +23,10 @@ Rules of the road:
   bound to the address a phone registered from; our X-Vpbx-* headers and,
   from anyone but a trunk or an engine, asserted identities are removed
   before anything reads them.
+- Memory: a new INVITE is refused statelessly with 503 (Retry-After) while
+  Kamailio's free shared memory is under the reserve (`MemoryGuard`), so that
+  the transactions already set up, their in-dialog requests and replies
+  finish, and no call goes unanswered for want of memory.
 - Registrations live in the location store (usrloc over db_redis, one Redis
   for every edge), not in this process: a binding made through another edge,
   or before a restart, is found here. When that store does not answer, a
@@ -117,6 +121,14 @@ BINDINGS = "vpbx_bindings"
 # this process, so no digest matches it.
 NO_PASSWORD = secrets.token_hex(32)
 LOG_PREFIX = "vpbx: "
+# Free shared memory as the kex module counts it: each process reads the
+# allocator's figures (under its lock) at most once per timer tick (1/16 s)
+# and answers from that copy otherwise, so one read per new INVITE costs a
+# name lookup, not a walk of the allocator.
+SHM_FREE = "$stat(free_size)"
+SHM_TOTAL = "$stat(total_size)"
+# Seconds between two log lines of one worker about INVITEs refused for memory.
+MEMORY_LOG_INTERVAL = 10
 # The SIP proxies' replication (dmq): its request method.
 DMQ_METHOD = "KDMQ"
 # Kamailio's figures for Prometheus (xhttp_prom, kamailio.cfg): xhttp's
@@ -185,7 +197,7 @@ class EdgeSettings:
 
     def __init__(self, trusted_sources=(), engines=(), auth_failures=5, scanner_user_agents=(),
                  location_store="", location_retry_after=30, dialog_lifetime=43200,
-                 dmq_socket="", dmq_peers=()):
+                 dmq_socket="", dmq_peers=(), shm_reserve_percent=0, overload_retry_after=5):
         import netaddr  # from the runtime virtualenv, on sys.path only after _use_runtime()
 
         self.trusted = netaddr.IPSet(trusted_sources)
@@ -198,6 +210,9 @@ class EdgeSettings:
         # The replication socket's name (kamailio.cfg) and the SIP proxies it takes KDMQ from.
         self.dmq_socket = dmq_socket
         self.dmq_peers = frozenset(p.rpartition(":")[0].strip("[]") for p in dmq_peers)
+        # Share of shared memory kept for what is under way: below it, new INVITEs get 503.
+        self.shm_reserve_percent = int(shm_reserve_percent)
+        self.overload_retry_after = int(overload_retry_after)
         self.scanner = (re.compile("|".join(f"(?:{p})" for p in scanner_user_agents), re.IGNORECASE)
                         if scanner_user_agents else None)
 
@@ -263,6 +278,59 @@ class RouteSigner:
                                    params.get(ROUTE_SIGNATURE, ""))
 
 
+class MemoryGuard:
+    """Refuses a new INVITE with 503 while free shared memory is under the reserve.
+
+    tm keeps every transaction in shared memory; once it runs out, new_t()
+    fails and the INVITE gets no answer at all, and replies and BYEs of
+    calls in progress fail as well. Refusing new INVITEs statelessly (sl, no
+    shared memory) while `reserve_percent` of it is still free keeps that
+    share for what is under way, and tells the carrier to come back
+    (Retry-After) instead of leaving it to time out. One log line per worker
+    and interval says how many were refused, not one per INVITE.
+    """
+
+    def __init__(self, reserve_percent: int, retry_after: int, limiter):
+        self.reserve_percent = reserve_percent
+        self.retry_after = retry_after
+        self.limiter = limiter
+        # Bytes; read from the running Kamailio on the first INVITE (its -m may not be the role's).
+        self.reserve = None if reserve_percent > 0 else 0
+
+    def refused(self) -> bool:
+        """Whether this INVITE was answered 503 for want of memory."""
+        if self.reserve is None:
+            self.reserve = _unsigned(KSR.pv.get(SHM_TOTAL) or 0) * self.reserve_percent // 100
+        free = KSR.pv.get(SHM_FREE)
+        if free is None or _unsigned(free) >= self.reserve:
+            return False
+        self.refuse(f"shared memory low ({_unsigned(free) >> 20} MB free, reserve {self.reserve >> 20} MB)")
+        return True
+
+    def new_transaction(self) -> bool:
+        """tm's transaction for this INVITE (False: none, the caller stops). The statistic the
+        guard reads is a few milliseconds old: should tm find no memory after all, a 503 still
+        answers the INVITE."""
+        created = KSR.tm.t_newtran()
+        if created < 0:
+            self.refuse("shared memory exhausted (tm found none for a transaction)")
+        return created > 0
+
+    def refuse(self, why: str) -> None:
+        KSR.hdr.append_to_reply(f"Retry-After: {self.retry_after}\r\n")
+        KSR.sl.sl_send_reply(503, "Server Overloaded")
+        left_out = self.limiter.allow()
+        if left_out is not None:
+            KSR.err(f"{LOG_PREFIX}{why}: new INVITEs refused with 503, Retry-After {self.retry_after} "
+                    f"({left_out} more refused since this worker's last line)\n")
+
+
+def _unsigned(value: int) -> int:
+    """A statistic as Kamailio counts it: $stat is an unsigned 32-bit figure that KEMI hands over
+    as a signed int, so that 2-4 GiB of memory comes out negative (the role keeps it under 4 GiB)."""
+    return value & 0xFFFFFFFF
+
+
 def route_params(uri: str) -> dict:
     """The parameters of a Route URI ("<sip:192.0.2.1;lr;ftag=a;vpbx_exp=1>" -> {"lr": "", ...})."""
     uri = (uri or "").strip().strip("<>").split(">", 1)[0]
@@ -314,8 +382,12 @@ class VpbxRouter:
     def __init__(self, decide, model, routing, router, edge, signer):
         import netaddr
 
+        from vpbx.loglimit import LogLimiter
+
         self._ipset = netaddr.IPSet
         self.signer = signer
+        self.memory = MemoryGuard(edge.shm_reserve_percent, edge.overload_retry_after,
+                                  LogLimiter(burst=1, interval=MEMORY_LOG_INTERVAL))
         self.decide = decide
         self.model = model
         self.routing = routing
@@ -393,6 +465,9 @@ class VpbxRouter:
             return 1
         if method != "INVITE":
             KSR.sl.sl_send_reply(405, "Method Not Allowed")
+            return 1
+        # A new call needs shared memory for its transaction: none to spare, a 503.
+        if self.memory.refused():
             return 1
         # Who is calling: a trunk (trusted caller ID), an extension, or nobody we know.
         origin = self.ksr_route_origin(source)
@@ -664,7 +739,8 @@ class VpbxRouter:
             KSR.sl.sl_send_reply(action.steps[0].code, action.steps[0].reason)
         else:
             self.record_route()
-            KSR.tm.t_newtran()
+            if not self.memory.new_transaction():
+                return
             KSR.pv.sets(AVP_DID, action.did)
             self.ksr_route_scheme_step(action.did, 0)
 
@@ -672,7 +748,8 @@ class VpbxRouter:
         # Hand the trigger to a callback engine; its reply is never a 200, so
         # the employee's call costs nothing. No engine up: the scheme routes it.
         self.record_route()
-        KSR.tm.t_newtran()
+        if not self.memory.new_transaction():
+            return
         KSR.pv.sets(AVP_DID, action.did)
         KSR.pv.sets(AVP_CALLER, action.caller)
         if KSR.dispatcher.ds_select_dst(ENGINE_SET, ENGINE_ALGORITHM) < 0:
@@ -695,14 +772,16 @@ class VpbxRouter:
     def ksr_route_call_out(self, action):
         # A call-back leg: out through the trunk, media already anchored by the engine.
         self.record_route(engine=True)
-        KSR.tm.t_newtran()
+        if not self.memory.new_transaction():
+            return
         KSR.seturi(action.uri)
         KSR.resetdsturi()
         if KSR.tm.t_relay() < 0:
             KSR.tm.t_reply(500, "Server Error")
 
     def ksr_route_ring_extension(self, extension):
-        KSR.tm.t_newtran()
+        if not self.memory.new_transaction():
+            return
         if not self.lookup_extensions((extension,)):
             KSR.tm.t_reply(480, "Temporarily Unavailable")
             return

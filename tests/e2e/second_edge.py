@@ -31,8 +31,9 @@ START_WAIT = 60.0
 
 @contextmanager
 def second_edge(pbx_address: model.HostPort, workdir: Path,
-                replace: Mapping[str, str] | None = None) -> Iterator[tuple[model.HostPort, str]]:
-    """Run it until the block ends; (where it takes SIP, its control socket)."""
+                replace: Mapping[str, str] | None = None,
+                shm_mb: int = 64) -> Iterator[tuple[model.HostPort, str]]:
+    """Run it with `shm_mb` MB of shared memory until the block ends; (its SIP address, its ctl socket)."""
     edge = model.HostPort(SECOND_EDGE_IP, pbx_address.port)
     ctl = f"unix:{workdir / 'ctl'}"
     cfg = KAMAILIO_CFG.read_text()
@@ -48,7 +49,7 @@ def second_edge(pbx_address: model.HostPort, workdir: Path,
     with (workdir / "kamailio.out").open("wb") as out:
         process = subprocess.Popen(
             ["kamailio", "-DD", "-f", str(workdir / "kamailio.cfg"), "-P", str(workdir / "pid"),
-             "-m", "64", "-M", "16"],
+             "-m", str(shm_mb), "-M", "16"],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_until(f"a second edge answers SIP OPTIONS at {edge}",

@@ -12,7 +12,8 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "kemi" / "vpbx_router.py"
 SUBMODULES = {"pv", "sl", "tm", "rr", "hdr", "htable", "registrar", "ndb_redis", "dispatcher",
-              "nathelper", "auth", "textops", "rtpengine", "dialog", "siputils", "pike", "kx", "dmq"}
+              "nathelper", "auth", "textops", "rtpengine", "dialog", "siputils", "pike", "kx", "dmq",
+              "maxfwd", "sanity", "tmx"}
 
 
 class Module:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from vpbx import decide
+from vpbx.loglimit import LogLimiter
 
 REPO = Path(__file__).resolve().parents[2]
 KAMAILIO_CFG = REPO / "roles" / "kamailio" / "templates" / "etc" / "kamailio" / "kamailio.cfg.j2"
@@ -24,6 +25,7 @@ def router(script, store=STORE, extensions=("100", "101")):
     r = script.VpbxRouter.__new__(script.VpbxRouter)
     r.edge = edge
     r.signer = script.RouteSigner("k" * 64, 43200)
+    r.memory = script.MemoryGuard(0, 5, LogLimiter())
     r.location_store_down = False
     r.realm = "127.0.0.1"
     r.decide = decide
