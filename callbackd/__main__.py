@@ -10,10 +10,11 @@ restart drops no call; without one it ends them (hang-up, CDR) and exits.
 import argparse
 import logging
 import logging.handlers
+import os
 import signal
 import sys
 
-from callbackd import metrics, store
+from callbackd import store
 from callbackd.cdr import CdrWriter
 from callbackd.config import SettingsError, load_settings
 from callbackd.engine import Engine
@@ -25,12 +26,16 @@ from vpbx.routing_file import RoutingFile
 log = logging.getLogger("callbackd")
 STOP_GRACE_S = 1.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The log file is made again by the handler after a rotation (logrotate
+# creates none): 0640 like the one the role made, not world-readable.
+UMASK = 0o027
 
 
 def setup_logging(log_file) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
-        # Watched: logrotate may move the file away.
+        # Watched: once logrotate has renamed the file, the next line opens a
+        # new one (no signal; see the callbackd role's logrotate stanza).
         handlers.append(logging.handlers.WatchedFileHandler(log_file))
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, handlers=handlers)
 
@@ -41,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
+        os.umask(UMASK)
         setup_logging(settings.log_file)
         routing = RoutingFile(settings.routing_file)
         config = routing.load()
@@ -60,13 +66,6 @@ def main(argv: list[str] | None = None) -> int:
                       outbound_proxy=settings.proxy)
     engine.attach(sip)
     engine.dtmf_socket = sip.open_udp(settings.dtmf_listen, engine.on_dtmf_datagram)
-    if settings.metrics_listen is not None:
-        try:
-            metrics.serve(settings.metrics_listen, engine.stages)
-        except OSError as exc:
-            print("callbackd: metrics_listen {}:{}: {}".format(*settings.metrics_listen, exc),
-                  file=sys.stderr)
-            return 2
 
     def stop() -> None:
         if engine.claims is not None:

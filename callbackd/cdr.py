@@ -4,8 +4,15 @@ Each record is written with one ``write(2)`` on a file opened ``O_APPEND`` and
 then fsync'd: the kernel places every append atomically at the end of the
 file, so lines of several writers (threads or processes on the same host) do
 not interleave and a crash leaves no half line behind an acknowledged record.
-The file is opened for each record, so log rotation (rename + new file) needs
-no signal.
+
+Rotation (logrotate, the callbackd role's stanza) renames the file and
+creates none (``nocreate``): the file is opened for each record, so a record
+goes whole either to the renamed file (opened just before the rename) or to
+a new one the next open makes; no signal, no line lost or split. Not
+``copytruncate``: a record appended between its copy and its truncation
+would be lost. The renamed file is :data:`ROTATED_SUFFIX`, kept uncompressed
+until the next rotation (``delaycompress``), so :meth:`CdrWriter.written`
+finds a CDR a rotation moved there.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from typing import Any
 
 FILE_MODE = 0o640
 DIR_MODE = 0o755
+# The name logrotate gives the file it rotates last (``<file>.1``).
+ROTATED_SUFFIX = ".1"
 
 
 def encode_line(record: Mapping[str, Any]) -> bytes:
@@ -35,14 +44,28 @@ class CdrWriter:
         self.path = Path(path)
         self._lock = threading.Lock()
 
+    @property
+    def rotated(self) -> Path:
+        """Where the last rotation put the file's earlier records."""
+        return self.path.with_name(self.path.name + ROTATED_SUFFIX)
+
     def written(self, callback_id: str) -> bool:
-        """Whether the CDR of `callback_id` is in the file already (a restarted engine asks)."""
+        """Whether the CDR of `callback_id` is written already (a restarted engine asks).
+
+        The file first, then the rotated one: a rotation that moves the file
+        while it is read leaves the record in one of the two. A CDR is written
+        moments before its record is dropped, so one older than the last
+        rotation (a day) is no engine's to write again.
+        """
         needle = encode_line({"id": callback_id})[1:-2]
-        try:
-            with self.path.open("rb") as f:
-                return any(needle in line for line in f)
-        except FileNotFoundError:
-            return False
+        for path in (self.path, self.rotated):
+            try:
+                with path.open("rb") as f:
+                    if any(needle in line for line in f):
+                        return True
+            except FileNotFoundError:
+                continue
+        return False
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Append ``record`` (the engine passes ``cdr.to_json_dict()``).

@@ -44,19 +44,19 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from callbackd import machine, metrics
+from callbackd import machine
 from callbackd.cdr import CdrWriter
 from callbackd.config import Settings, canonical_ip
 from callbackd.dtmf import parse_rtpengine_log, sent_by
 from callbackd.limits import Limits, MemoryLimits
+from callbackd.loglimit import LogLimiter
 from callbackd.prompts import Prompts
-from callbackd.recording import convert_recording, find_recording
+from callbackd.recording import Recording, convert_recording, find_recording, remove_recording
 from callbackd.rtpengine import BOUND_MEDIA_FLAGS, NgClient, NgError, placeholder_sdp, sdp_audio_endpoint
 from callbackd.sip import Headers, Leg, LegHandler, SipEndpoint
 from callbackd.store import CLAIM_RENEW_S, HEARTBEAT_S, Callbacks, StoreDown
 from callbackd.trigger import BadTrigger, edge_decision
 from vpbx import decide, model
-from vpbx.loglimit import LogLimiter
 from vpbx.routing_file import RoutingFile
 
 log = logging.getLogger(__name__)
@@ -279,7 +279,6 @@ class Engine:
             did_number, employee = edge_decision(headers)
         except BadTrigger as exc:
             log.warning("trigger did=%s caller=%s refused: %s", did_user, caller_user, exc)
-            metrics.TRIGGERS.labels("refused").inc()
             return NOT_DECIDED
         self.refresh_routing()
         config = self.router.config
@@ -287,7 +286,6 @@ class Engine:
         # The edge decided already; a stale list or a stray INVITE still gets no call-back.
         if did is None or not self.router.is_listed(did, employee):
             log.info("trigger did=%s caller=%s: not a listed caller, refused", did_user, caller_user)
-            metrics.TRIGGERS.labels("not_listed").inc()
             return NOT_LISTED
         accepted = (did.callback.reject_code, "Call Back Follows", [ACCEPT_HEADER])
         key = (did.number, employee)
@@ -295,7 +293,6 @@ class Engine:
             # Not counted either: no call-back is placed for it.
             log.info("callback %s: repeated trigger from %s, no second call-back",
                      self.sessions[key].id, employee)
-            metrics.TRIGGERS.labels("repeated").inc()
             return accepted
         callback_id = uuid.uuid4().hex[:12]
         try:
@@ -305,23 +302,19 @@ class Engine:
             if holder is not None:
                 # Another engine has it in hand.
                 log.info("callback %s: repeated trigger from %s, no second call-back", holder, employee)
-                metrics.TRIGGERS.labels("repeated").inc()
                 return accepted
             refusal = self._refusal(config, did, employee)
         except StoreDown as exc:
             log.error("state store down (%s): %s on %s routed by the scheme", exc, employee, did.number)
             self._release(did.number, employee, callback_id)
-            metrics.TRIGGERS.labels("store_down").inc()
             return STORE_DOWN
         if refusal is not None:
             self._release(did.number, employee, callback_id)
-            metrics.TRIGGERS.labels("at_capacity" if refusal is AT_CAPACITY else "over_limit").inc()
             return refusal
         session = Session(self, did, employee, callback_id)
         self.sessions[key] = session
         self._by_media[session.media_call_id] = session
         session.start()
-        metrics.TRIGGERS.labels("accepted").inc()
         return accepted
 
     def _refusal(self, config: model.Config, did: model.Did, employee: str):
@@ -331,14 +324,12 @@ class Engine:
                 log, logging.WARNING, "callback capacity: %d callbacks in progress "
                 "(vpbx_callback_max_concurrent %d), %s on %s routed by the scheme",
                 len(self.sessions), config.callback_max_concurrent, employee, did.number)
-            metrics.LIMIT_HITS.labels("max_concurrent").inc()
             return AT_CAPACITY
         settings = did.callback
         refused = self.limits.admit(did.number, employee, settings.max_per_hour, settings.max_per_day,
                                     time.time())
         if refused is not None:
             log.warning("callback limit: %s on %s: %s, routed by the scheme", employee, did.number, refused)
-            metrics.LIMIT_HITS.labels(refused.key).inc()
             return OVER_LIMIT
         return None
 
@@ -453,10 +444,6 @@ class Engine:
         """Run slow work (a recording's conversion) on a worker thread, off the reactor."""
         self._workers.submit(fn, *args)
 
-    def stages(self) -> list[str]:
-        """The stage of every callback in progress (read by the metrics' thread: a copy first)."""
-        return [session.machine.state for session in list(self.sessions.values())]
-
     def forget(self, session: "Session") -> None:
         self.sessions.pop((session.did.number, session.employee), None)
         self._release(session.did.number, session.employee, session.id)
@@ -491,9 +478,6 @@ class Session:
         self._due: dict[str, float] = {}  # epoch seconds each running timer fires at
         self._playing = False
         self._gone = False  # taken over by another engine
-        # For the latency figures (monotonic): the trigger (None once resumed), the last key typed.
-        self._triggered_at: float | None = time.monotonic()
-        self._keyed_at: float | None = None
 
     @classmethod
     def resumed(cls, engine: Engine, record: dict, moved: bool = False) -> "Session":
@@ -510,7 +494,6 @@ class Session:
             did = model.Did(record["did"], "", model.Callback(enabled=True, list=None,
                                                                record=record["media"]["record"]))
         session = cls(engine, did, record["employee"], record["id"])
-        session._triggered_at = None
         session.machine.restore(record["machine"])
         media = record["media"]
         session.pbx_sdp, session.employee_sdp = media["pbx_sdp"], media["employee_sdp"]
@@ -575,8 +558,6 @@ class Session:
         """Hand an event to the machine and carry out what it says."""
         if self._gone:
             return
-        if event == "on_digit":
-            self._keyed_at = time.monotonic()
         before = self.machine.state
         commands = getattr(self.machine, event)(*args, time.time())
         if self.machine.state != before:
@@ -610,8 +591,6 @@ class Session:
             case machine.PlayPrompt(name):
                 # The name only: what is typed, a PIN above all, is never logged.
                 log.info("callback %s: playing %s", self.id, name)
-                if name in metrics.DENIALS:
-                    metrics.DENIED_DESTINATIONS.labels(name).inc()
                 self.play(str(self.engine.prompts.path(self.did.number, self.language, name)))
             case machine.PlayRingback():
                 self.play(str(self.engine.prompts.ringback), RINGBACK_REPEATS)
@@ -622,8 +601,6 @@ class Session:
                 self.client_leg = self.sip.originate(
                     f"{self.id}-client", self._uri(e164), self.did.number, self.pbx_sdp,
                     self.engine.settings.client_ring_timeout + LEG_RING_MARGIN_S, ClientLeg(self))
-                if self._keyed_at is not None:
-                    metrics.DIGITS_TO_CLIENT.observe(time.monotonic() - self._keyed_at)
             case machine.CancelClient() | machine.HangUpClient():
                 if self.client_leg is not None:
                     self.client_leg.hang_up()
@@ -644,8 +621,6 @@ class Session:
         self.employee_leg = self.sip.originate(
             f"{self.id}-employee-{attempt}", self._uri(self.employee), self.did.number, sdp,
             ring_timeout + LEG_RING_MARGIN_S, EmployeeLeg(self))
-        if attempt == 1 and self._triggered_at is not None:
-            metrics.TRIGGER_TO_CALLBACK.observe(time.monotonic() - self._triggered_at)
 
     def play(self, path: str, repeats: int | None = None) -> None:
         self.stop_playing()
@@ -680,9 +655,6 @@ class Session:
         self.engine.forget(self)
         log.info("callback %s: finished, result=%s bridged=%.1fs", self.id, cdr.result,
                  cdr.bridged_seconds)
-        metrics.CALLBACKS.labels(cdr.result).inc()
-        if cdr.ended_by == "limit":
-            metrics.LIMIT_HITS.labels("max_call_minutes").inc()
         self.complete(cdr)
 
     def complete(self, cdr: machine.Cdr) -> None:
@@ -701,19 +673,26 @@ class Session:
         except NgError as exc:  # deleted before a restart, or dropped by RTPengine
             log.info("callback %s: RTPengine delete: %s", self.id, exc)
         finally:
-            if self.did.callback.record and cdr.client_answer_at is not None:
+            if not self.did.callback.record:
+                self.sip.call_soon_threadsafe(self._write_cdr, cdr)
+            elif cdr.client_answer_at is not None:
                 self.engine.background(self._save_recording, cdr)
             else:
                 self.sip.call_soon_threadsafe(self._write_cdr, cdr)
+                self.engine.background(self._discard_recording)
+
+    def _finished_recording(self) -> Recording | None:
+        """Worker thread: the call's recording once RTPengine has closed it, None if it never does."""
+        deadline = time.monotonic() + RECORDING_WAIT_S
+        while (recording := find_recording(self.engine.settings.pcap_dir, self.media_call_id)) is None:
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(RECORDING_POLL_S)
+        return recording
 
     def _save_recording(self, cdr: machine.Cdr) -> None:
         """Worker thread: wait for RTPengine to close the pcap, make the WAV, then the CDR."""
-        deadline = time.monotonic() + RECORDING_WAIT_S
-        recording = None
-        while recording is None and time.monotonic() < deadline:
-            recording = find_recording(self.engine.settings.pcap_dir, self.media_call_id)
-            if recording is None:
-                time.sleep(RECORDING_POLL_S)
+        recording = self._finished_recording()
         if recording is None:
             log.error("callback %s: no recording found under %s", self.id, self.engine.settings.pcap_dir)
         else:
@@ -724,8 +703,24 @@ class Session:
                 convert_recording(recording, wav)
                 cdr.recording = str(wav)
             except (OSError, ValueError) as exc:
+                # The pcap stays, the only copy: the daily job removes it with the recordings.
                 log.error("callback %s: recording not converted: %s", self.id, exc)
+            else:
+                self._empty_spool(recording)
         self.sip.call_soon_threadsafe(self._write_cdr, cdr)
+
+    def _discard_recording(self) -> None:
+        """Worker thread: a recording without the client holds the employee alone
+        (the digits typed, a PIN among them): nothing to keep."""
+        recording = self._finished_recording()
+        if recording is not None:
+            self._empty_spool(recording)
+
+    def _empty_spool(self, recording: Recording) -> None:
+        try:
+            remove_recording(recording)
+        except OSError as exc:  # the relay's spool, not writable here: its daily job removes it
+            log.warning("callback %s: pcap left in the spool: %s", self.id, exc)
 
     def _write_cdr(self, cdr: machine.Cdr) -> None:
         try:

@@ -12,6 +12,9 @@ What rtpengine 10.5 writes with ``recording-method = pcap`` and
   header: source = the party's address, destination = rtpengine's own port
   for that party. Media that rtpengine plays itself (``play media``) is not in
   it.
+* nothing is ever removed by rtpengine: the engine takes a recording out
+  once it is converted (:func:`remove_recording`), and a daily job removes
+  what is left past the recordings' keep time (the rtpengine role).
 * when the call ends (``delete``; the daemon's ``delete-delay`` applies unless
   the command sets ``delete-delay: 0``) rtpengine closes the pcap, then moves
   the metadata to ``DIR/metadata/rtpengine-meta-<id>.txt``. That file
@@ -168,6 +171,16 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
+
+
+def remove_recording(recording: Recording) -> None:
+    """Take a finished recording out of rtpengine's spool: its pcap and its metadata.
+
+    A file already gone is no error; ``OSError`` when the spool is not the
+    engine's to change.
+    """
+    for path in (recording.pcap, recording.metadata):
+        path.unlink(missing_ok=True)
 
 
 def find_pcap(recording_dir: str | os.PathLike[str], call_id: str) -> Path | None:

@@ -1,45 +1,19 @@
-"""Validate the inventory on the controller, before any host is touched: the
-contract's vpbx_* variables, and the roles' own variables it sets."""
+"""Validate the vpbx_* variables on the controller, before any host is touched."""
 
 import re
 from pathlib import Path
 
-import yaml
 from ansible.plugins.action import ActionBase
 
 from vpbx import model
 
-_TOP_KEY = re.compile(r"^(\w+)\s*:", re.MULTILINE)
-ROLES = Path(__file__).resolve().parents[2] / "roles"
+_TOP_KEY = re.compile(r"^(vpbx_\w+)\s*:", re.MULTILINE)
 
 
-def known_role_variables(roles: Path = ROLES) -> dict[str, set[str]]:
-    """Each role's variables: its defaults and its argument specs' options
-    (the documented ones without a default too), so that a new variable needs
-    no edit here. The contract's own role (vpbx_inventory) is left out: its
-    prefix is the contract's, which model.load() checks."""
-    known = {}
-    for role in sorted(p for p in roles.iterdir() if (p / "meta").is_dir()):
-        if role.name.startswith("vpbx_"):
-            continue
-        names = set(_yaml(role / "defaults" / "main.yml"))
-        specs = _yaml(role / "meta" / "argument_specs.yml").get("argument_specs") or {}
-        for entry_point in specs.values():
-            names.update(entry_point.get("options") or {})
-        known[role.name] = names
-    return known
-
-
-def _yaml(path: Path) -> dict:
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
-
-
-def _definitions(inventory_dir: str | None) -> dict[str, str]:
-    """Each top-level `vpbx_*` key of the inventory and the file that sets it, so an error
-    points where to edit (the first that sets it, host_vars before group_vars)."""
-    found: dict[str, str] = {}
+def _defined_in(inventory_dir: str | None, key: str) -> str | None:
+    """The inventory file that sets `key`, so an error points where to edit."""
     if not inventory_dir:
-        return found
+        return None
     root = Path(inventory_dir)
     for folder in ("host_vars", "group_vars"):
         for path in sorted((root / folder).rglob("*")):
@@ -48,9 +22,9 @@ def _definitions(inventory_dir: str | None) -> dict[str, str]:
                     keys = _TOP_KEY.findall(path.read_text(errors="replace"))
                 except OSError:
                     continue
-                for key in keys:
-                    found.setdefault(key, str(path))
-    return found
+                if key in keys:
+                    return str(path)
+    return None
 
 
 class ActionModule(ActionBase):
@@ -71,7 +45,7 @@ class ActionModule(ActionBase):
             host: self._templar.template(hostvars[host].get("vpbx_internal_address"))
             for group in model.PBX_GROUPS for host in groups.get(group, ())
         }
-        problems = model.role_variables(task_vars, known_role_variables())
+        problems: list[str] = []
         config = None
         try:
             model.hosts(groups, addresses)
@@ -82,13 +56,13 @@ class ActionModule(ActionBase):
         except model.InventoryError as exc:
             problems += exc.errors
         if problems:
-            # The files are read once, whatever the number of errors.
-            files = _definitions(task_vars.get("inventory_dir"))
+            inventory_dir = task_vars.get("inventory_dir")
             errors = []
-            for line in model.error_listing(problems):
-                where = files.get(re.split(r"[.\[:]", line, maxsplit=1)[0])
+            for line in problems:
+                key = re.split(r"[.\[:]", line, maxsplit=1)[0]
+                where = _defined_in(inventory_dir, key)
                 errors.append(f"{where}: {line}" if where else line)
-            result.update(failed=True, msg="The inventory has errors:\n  " + "\n  ".join(errors))
+            result.update(failed=True, msg="The inventory breaks the contract:\n  " + "\n  ".join(errors))
             return result
         # The validated config holds the extensions' passwords and the PINs:
         # the facts are set, but never shown, not even with -v.

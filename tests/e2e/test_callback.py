@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+import services
 from conftest import inventory_dir
-from vpbx_testing import services
-from vpbx_testing.peers import callee_keys, caller_keys
-from vpbx_testing.rtp_pcap import dtmf_then_tone_pcap, tone_pcap
-from vpbx_testing.wire import Capture, rtp_streams
+from peers import callee_keys, caller_keys
+from rtp_pcap import dtmf_then_tone_pcap, tone_pcap
+from wire import Capture, rtp_streams
 
 from callbackd.machine import Prompt
 from callbackd.prompts import Prompts, wav_seconds
@@ -42,9 +42,12 @@ def cdr_after():
     def read(expected: int = 1, timeout: float = 15.0) -> list[dict]:
         deadline = time.monotonic() + timeout
         while True:
-            with CDR_FILE.open("rb") as f:
-                f.seek(start)
-                lines = [json.loads(line) for line in f.read().splitlines() if line.strip()]
+            lines = []
+            # A rotation renames the file; the next CDR makes it again.
+            if CDR_FILE.exists():
+                with CDR_FILE.open("rb") as f:
+                    f.seek(start)
+                    lines = [json.loads(line) for line in f.read().splitlines() if line.strip()]
             if len(lines) >= expected or time.monotonic() > deadline:
                 return lines
             time.sleep(0.2)

@@ -63,17 +63,59 @@ def _write_many(path, worker, count):
         writer.write({"worker": worker, "n": n, "pad": "x" * (n * 37 % 3000)})
 
 
-def test_concurrent_processes_do_not_interleave_lines(tmp_path):
-    path = tmp_path / "cdr.jsonl"
-    workers, count = 4, 150
+def _start_writers(path, workers, count):
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_write_many, args=(path, w, count)) for w in range(workers)]
     for proc in procs:
         proc.start()
+    return procs
+
+
+def _join(procs):
     for proc in procs:
         proc.join(timeout=60)
         assert proc.exitcode == 0
+
+
+def test_concurrent_processes_do_not_interleave_lines(tmp_path):
+    path = tmp_path / "cdr.jsonl"
+    workers, count = 4, 150
+    _join(_start_writers(path, workers, count))
     records = read_records(path)  # every line parses
     assert len(records) == workers * count
     for w in range(workers):
         assert [r["n"] for r in records if r["worker"] == w] == list(range(count))
+
+
+def test_a_rotation_by_renaming_loses_no_record_and_splits_none(tmp_path):
+    """logrotate's nocreate rotation (rename, no new file) while writers append."""
+    path = tmp_path / "cdr.jsonl"
+    workers, count = 3, 200
+    procs = _start_writers(path, workers, count)
+    rotations = 0
+    while any(proc.is_alive() for proc in procs):
+        if path.exists():
+            rotations += 1
+            path.rename(tmp_path / f"cdr.jsonl.{rotations}")
+    _join(procs)
+    files = sorted(p for p in tmp_path.iterdir() if p.stat().st_size)
+    assert len(files) > 1, "no rotation happened while the records were written"
+    records = [r for p in files for r in read_records(p)]  # every line parses
+    assert sorted((r["worker"], r["n"]) for r in records) == [
+        (w, n) for w in range(workers) for n in range(count)]
+
+
+def test_a_cdr_the_last_rotation_moved_counts_as_written(tmp_path):
+    path = tmp_path / "cdr.jsonl"
+    writer = CdrWriter(path)
+    writer.write({"id": "cb-before", "result": "bridged"})
+    path.rename(writer.rotated)
+    assert writer.rotated.name == "cdr.jsonl.1"
+    assert writer.written("cb-before")
+    writer.write({"id": "cb-after", "result": "no_digits"})
+    assert writer.written("cb-after") and writer.written("cb-before")
+    assert not writer.written("cb-never")
+
+
+def test_no_file_yet_means_nothing_written(tmp_path):
+    assert not CdrWriter(tmp_path / "cdr.jsonl").written("cb-1")

@@ -2,7 +2,7 @@
 
 import logging
 
-from vpbx.loglimit import LogLimiter
+from callbackd.loglimit import LogLimiter
 
 
 class Clock:

@@ -19,6 +19,7 @@ from callbackd.recording import (
     find_recording,
     parse_rtp,
     pcap_to_wav,
+    remove_recording,
     udp_datagrams,
     ulaw_to_linear,
 )
@@ -342,3 +343,14 @@ def test_recording_converts_with_the_ports_of_its_metadata(tmp_path):
     assert (result.employee_packets, result.client_packets) == (100, 100)
     _, left, right = read_wav(tmp_path / "cb-1.wav")
     assert rms(left[400:7600]) > 4000 and rms(right[8400:15600]) > 4000
+
+
+def test_a_removed_recording_leaves_the_spool_and_other_calls_in_it(tmp_path):
+    spool(tmp_path, "cb-1")
+    other = spool(tmp_path, "cb-2")
+    recording = find_recording(tmp_path, "cb-1")
+    remove_recording(recording)
+    assert not recording.pcap.exists() and not recording.metadata.exists()
+    assert find_recording(tmp_path, "cb-1") is None
+    assert find_pcap(tmp_path, "cb-2") == other
+    remove_recording(recording)  # gone already: no error
