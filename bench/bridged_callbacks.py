@@ -44,9 +44,6 @@ from datetime import datetime
 from pathlib import Path
 
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
-
 from lab import (
     LAB,
     REPO,
@@ -61,8 +58,8 @@ from lab import (
     say,
     wait_until_quiet,
 )
-from rtp_pcap import dtmf_then_tone_pcap, tone_pcap
-from sipp import SippRunner
+from vpbx_testing.rtp_pcap import dtmf_then_tone_pcap, tone_pcap
+from vpbx_testing.sipp import SippRunner
 
 from callbackd.recording import parse_rtp, udp_datagrams
 from callbackd.rtpengine import NgClient

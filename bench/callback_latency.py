@@ -26,13 +26,10 @@ import time
 from pathlib import Path
 
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
-
 from lab import LAB, REPO, bench_inventory, callback_list, deploy, numbered, percentile, say, wait_until_quiet
-from rtp_pcap import tone_pcap
-from sipp import SippRunner
-from wire import Capture
+from vpbx_testing.rtp_pcap import tone_pcap
+from vpbx_testing.sipp import SippRunner
+from vpbx_testing.wire import Capture
 
 from callbackd.recording import udp_datagrams
 from vpbx import model

@@ -22,13 +22,10 @@ import time
 from pathlib import Path
 
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
-
 from lab import LAB, say, wait_until_quiet
-from peers import callee_keys, caller_keys
-from raw_sip import RawSip
-from sipp import SippRunner
+from vpbx_testing.peers import callee_keys, caller_keys
+from vpbx_testing.raw_sip import RawSip
+from vpbx_testing.sipp import SippRunner
 
 from vpbx import model
 

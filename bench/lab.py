@@ -8,6 +8,7 @@ the lab back at the end.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import platform
 import shlex
@@ -186,9 +187,12 @@ def callbackd_settings() -> Settings:
 
 
 def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
+    """Nearest-rank percentile (`p` in percent): the smallest value with at least p% of the
+    values at or below it; NaN when there are none."""
+    if not values:
+        return math.nan
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))]
 
 
 # -- CPU and memory of the services ------------------------------------------

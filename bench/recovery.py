@@ -4,7 +4,7 @@
 
 On the lab deploy as it is (nothing is deployed). For each service, `--rounds`
 times: SIGKILL to the main process its service manager reports (systemd or
-supervisord, as tests/e2e/services.py asks), then the service is asked the way
+supervisord, as vpbx_testing.services asks), then the service is asked the way
 its peers ask it, every `--poll` s, until it answers:
 
 - kamailio: SIP OPTIONS to the edge;
@@ -30,16 +30,11 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
-
-import health
-import services
-from conftest import STRANGER_FROM, untrusted_loopbacks
 from lab import LAB, machine, say, wait_until_quiet
+from vpbx_testing import health, services
+from vpbx_testing.loopbacks import STRANGER_FROM, untrusted_loopbacks
 
 from vpbx import model
 

@@ -39,8 +39,6 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
-
 import yaml
 from lab import (
     LAB,
@@ -53,8 +51,8 @@ from lab import (
     say,
     wait_until_quiet,
 )
-from rtp_pcap import empty_pcap
-from sipp import SippRunner
+from vpbx_testing.rtp_pcap import empty_pcap
+from vpbx_testing.sipp import SippRunner
 
 from vpbx import model
 

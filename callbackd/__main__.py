@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 
-from callbackd import store
+from callbackd import metrics, store
 from callbackd.cdr import CdrWriter
 from callbackd.config import SettingsError, load_settings
 from callbackd.engine import Engine
@@ -66,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
                       outbound_proxy=settings.proxy)
     engine.attach(sip)
     engine.dtmf_socket = sip.open_udp(settings.dtmf_listen, engine.on_dtmf_datagram)
+    if settings.metrics_listen is not None:
+        try:
+            metrics.serve(settings.metrics_listen, engine.stages)
+        except OSError as exc:
+            print("callbackd: metrics_listen {}:{}: {}".format(*settings.metrics_listen, exc),
+                  file=sys.stderr)
+            return 2
 
     def stop() -> None:
         if engine.claims is not None:

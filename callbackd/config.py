@@ -34,6 +34,8 @@ class Settings:
     # The other media relays' ng sockets: a callback whose relay (rtpengine_ng)
     # does not answer is placed on the next one.
     other_relays: tuple[Address, ...] = ()
+    # Where Prometheus scrapes the engine's figures (HTTP /metrics); None: not served.
+    metrics_listen: Address | None = None
 
 
 def _address(key: str, value: Any) -> Address:
@@ -71,7 +73,7 @@ def load_settings(path: str | Path) -> Settings:
     for key in raw:
         if key not in known:
             raise SettingsError(f"{key}: unknown setting (known: {', '.join(sorted(known))})")
-    missing = sorted(known - set(raw) - {"log_file", "state_store", "other_relays"})
+    missing = sorted(known - set(raw) - {"log_file", "state_store", "other_relays", "metrics_listen"})
     if missing:
         raise SettingsError(f"{missing[0]}: is required")
     timeout = raw["client_ring_timeout"]
@@ -92,6 +94,8 @@ def load_settings(path: str | Path) -> Settings:
         client_ring_timeout=float(timeout),
         state_store=_store_url("state_store", raw.get("state_store")),
         other_relays=_addresses("other_relays", raw.get("other_relays", [])),
+        metrics_listen=(_address("metrics_listen", raw["metrics_listen"]) if raw.get("metrics_listen")
+                        else None),
     )
 
 

@@ -44,12 +44,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from callbackd import machine
+from callbackd import machine, metrics
 from callbackd.cdr import CdrWriter
 from callbackd.config import Settings, canonical_ip
 from callbackd.dtmf import parse_rtpengine_log, sent_by
 from callbackd.limits import Limits, MemoryLimits
-from callbackd.loglimit import LogLimiter
 from callbackd.prompts import Prompts
 from callbackd.recording import Recording, convert_recording, find_recording, remove_recording
 from callbackd.rtpengine import BOUND_MEDIA_FLAGS, NgClient, NgError, placeholder_sdp, sdp_audio_endpoint
@@ -57,6 +56,7 @@ from callbackd.sip import Headers, Leg, LegHandler, SipEndpoint
 from callbackd.store import CLAIM_RENEW_S, HEARTBEAT_S, Callbacks, StoreDown
 from callbackd.trigger import BadTrigger, edge_decision
 from vpbx import decide, model
+from vpbx.loglimit import LogLimiter
 from vpbx.routing_file import RoutingFile
 
 log = logging.getLogger(__name__)
@@ -279,6 +279,7 @@ class Engine:
             did_number, employee = edge_decision(headers)
         except BadTrigger as exc:
             log.warning("trigger did=%s caller=%s refused: %s", did_user, caller_user, exc)
+            metrics.TRIGGERS.labels("refused").inc()
             return NOT_DECIDED
         self.refresh_routing()
         config = self.router.config
@@ -286,6 +287,7 @@ class Engine:
         # The edge decided already; a stale list or a stray INVITE still gets no call-back.
         if did is None or not self.router.is_listed(did, employee):
             log.info("trigger did=%s caller=%s: not a listed caller, refused", did_user, caller_user)
+            metrics.TRIGGERS.labels("not_listed").inc()
             return NOT_LISTED
         accepted = (did.callback.reject_code, "Call Back Follows", [ACCEPT_HEADER])
         key = (did.number, employee)
@@ -293,6 +295,7 @@ class Engine:
             # Not counted either: no call-back is placed for it.
             log.info("callback %s: repeated trigger from %s, no second call-back",
                      self.sessions[key].id, employee)
+            metrics.TRIGGERS.labels("repeated").inc()
             return accepted
         callback_id = uuid.uuid4().hex[:12]
         try:
@@ -302,19 +305,23 @@ class Engine:
             if holder is not None:
                 # Another engine has it in hand.
                 log.info("callback %s: repeated trigger from %s, no second call-back", holder, employee)
+                metrics.TRIGGERS.labels("repeated").inc()
                 return accepted
             refusal = self._refusal(config, did, employee)
         except StoreDown as exc:
             log.error("state store down (%s): %s on %s routed by the scheme", exc, employee, did.number)
             self._release(did.number, employee, callback_id)
+            metrics.TRIGGERS.labels("store_down").inc()
             return STORE_DOWN
         if refusal is not None:
             self._release(did.number, employee, callback_id)
+            metrics.TRIGGERS.labels("at_capacity" if refusal is AT_CAPACITY else "over_limit").inc()
             return refusal
         session = Session(self, did, employee, callback_id)
         self.sessions[key] = session
         self._by_media[session.media_call_id] = session
         session.start()
+        metrics.TRIGGERS.labels("accepted").inc()
         return accepted
 
     def _refusal(self, config: model.Config, did: model.Did, employee: str):
@@ -324,12 +331,14 @@ class Engine:
                 log, logging.WARNING, "callback capacity: %d callbacks in progress "
                 "(vpbx_callback_max_concurrent %d), %s on %s routed by the scheme",
                 len(self.sessions), config.callback_max_concurrent, employee, did.number)
+            metrics.LIMIT_HITS.labels("max_concurrent").inc()
             return AT_CAPACITY
         settings = did.callback
         refused = self.limits.admit(did.number, employee, settings.max_per_hour, settings.max_per_day,
                                     time.time())
         if refused is not None:
             log.warning("callback limit: %s on %s: %s, routed by the scheme", employee, did.number, refused)
+            metrics.LIMIT_HITS.labels(refused.key).inc()
             return OVER_LIMIT
         return None
 
@@ -444,6 +453,10 @@ class Engine:
         """Run slow work (a recording's conversion) on a worker thread, off the reactor."""
         self._workers.submit(fn, *args)
 
+    def stages(self) -> list[str]:
+        """The stage of every callback in progress (read by the metrics' thread: a copy first)."""
+        return [session.machine.state for session in list(self.sessions.values())]
+
     def forget(self, session: "Session") -> None:
         self.sessions.pop((session.did.number, session.employee), None)
         self._release(session.did.number, session.employee, session.id)
@@ -478,6 +491,9 @@ class Session:
         self._due: dict[str, float] = {}  # epoch seconds each running timer fires at
         self._playing = False
         self._gone = False  # taken over by another engine
+        # For the latency figures (monotonic): the trigger (None once resumed), the last key typed.
+        self._triggered_at: float | None = time.monotonic()
+        self._keyed_at: float | None = None
 
     @classmethod
     def resumed(cls, engine: Engine, record: dict, moved: bool = False) -> "Session":
@@ -494,6 +510,7 @@ class Session:
             did = model.Did(record["did"], "", model.Callback(enabled=True, list=None,
                                                                record=record["media"]["record"]))
         session = cls(engine, did, record["employee"], record["id"])
+        session._triggered_at = None
         session.machine.restore(record["machine"])
         media = record["media"]
         session.pbx_sdp, session.employee_sdp = media["pbx_sdp"], media["employee_sdp"]
@@ -558,6 +575,8 @@ class Session:
         """Hand an event to the machine and carry out what it says."""
         if self._gone:
             return
+        if event == "on_digit":
+            self._keyed_at = time.monotonic()
         before = self.machine.state
         commands = getattr(self.machine, event)(*args, time.time())
         if self.machine.state != before:
@@ -591,6 +610,8 @@ class Session:
             case machine.PlayPrompt(name):
                 # The name only: what is typed, a PIN above all, is never logged.
                 log.info("callback %s: playing %s", self.id, name)
+                if name in metrics.DENIALS:
+                    metrics.DENIED_DESTINATIONS.labels(name).inc()
                 self.play(str(self.engine.prompts.path(self.did.number, self.language, name)))
             case machine.PlayRingback():
                 self.play(str(self.engine.prompts.ringback), RINGBACK_REPEATS)
@@ -601,6 +622,8 @@ class Session:
                 self.client_leg = self.sip.originate(
                     f"{self.id}-client", self._uri(e164), self.did.number, self.pbx_sdp,
                     self.engine.settings.client_ring_timeout + LEG_RING_MARGIN_S, ClientLeg(self))
+                if self._keyed_at is not None:
+                    metrics.DIGITS_TO_CLIENT.observe(time.monotonic() - self._keyed_at)
             case machine.CancelClient() | machine.HangUpClient():
                 if self.client_leg is not None:
                     self.client_leg.hang_up()
@@ -621,6 +644,8 @@ class Session:
         self.employee_leg = self.sip.originate(
             f"{self.id}-employee-{attempt}", self._uri(self.employee), self.did.number, sdp,
             ring_timeout + LEG_RING_MARGIN_S, EmployeeLeg(self))
+        if attempt == 1 and self._triggered_at is not None:
+            metrics.TRIGGER_TO_CALLBACK.observe(time.monotonic() - self._triggered_at)
 
     def play(self, path: str, repeats: int | None = None) -> None:
         self.stop_playing()
@@ -655,6 +680,9 @@ class Session:
         self.engine.forget(self)
         log.info("callback %s: finished, result=%s bridged=%.1fs", self.id, cdr.result,
                  cdr.bridged_seconds)
+        metrics.CALLBACKS.labels(cdr.result).inc()
+        if cdr.ended_by == "limit":
+            metrics.LIMIT_HITS.labels("max_call_minutes").inc()
         self.complete(cdr)
 
     def complete(self, cdr: machine.Cdr) -> None:

@@ -97,7 +97,7 @@ from sippy.Udp_server import Udp_server, Udp_server_opts
 
 from callbackd.config import canonical_ip
 from callbackd.dtmf import parse_sip_info
-from callbackd.loglimit import LogLimiter
+from vpbx.loglimit import LogLimiter
 
 log = logging.getLogger(__name__)
 # Every SIP message sent and received, at DEBUG (sippy's own message log).

@@ -32,7 +32,7 @@ def up(lab: inventory.Lab) -> list[str]:
         if pid is None:
             pid = hosts.start(host)
             changes.append(f"{host.name}: started (pid {pid})")
-        if hosts.make_new(host, pid, packages.python_packages(), packages.WHEELS):
+        if hosts.make_new(host, pid):
             changes.append(f"{host.name}: made new")
     return changes
 

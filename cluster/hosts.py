@@ -68,8 +68,8 @@ def start(host: Host) -> int:
     return pid
 
 
-def make_new(host: Host, pid: int, python_packages: list[str], wheels: Path) -> bool:
-    """Once per host: forget what a deploy onto the machine left, name it, give it its runtime."""
+def make_new(host: Host, pid: int) -> bool:
+    """Once per host: forget what a deploy onto the machine left, and name it."""
     done = state_dir(host.name) / "made"
     if done.exists():
         return False
@@ -81,12 +81,6 @@ def make_new(host: Host, pid: int, python_packages: list[str], wheels: Path) -> 
     enter(pid, "sh", "-c", 'echo "$1" > /etc/hostname', "-", host.name)
     hosts = f"127.0.0.1\tlocalhost\n{host.address}\t{host.name}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
     enter(pid, "sh", "-c", 'cat > /etc/hosts', input=hosts)
-    # The runtime's third-party packages from the machine's wheels: a host
-    # reaches no package index (the vpbx_runtime role then finds them there).
-    venv = "/opt/vpbx/venv"
-    enter(pid, "/usr/bin/python3", "-m", "venv", venv)
-    enter(pid, "env", "PIP_CONFIG_FILE=/dev/null", f"{venv}/bin/pip", "install", "-q", "--no-index",
-          "--disable-pip-version-check", "--find-links", str(wheels), *python_packages)
     done.write_text("made\n")
     return True
 

@@ -4,13 +4,15 @@ A host sees the machine's packages through its overlays and reaches no
 mirror, so every Debian package the roles install is installed here first
 (without starting its services: the hosts run them), the package lists are
 kept fresh enough that no role's apt task updates them inside a host, and the
-runtime's Python packages are made into wheels a new host installs from.
+project's pinned dependencies (pyproject.toml) are made into wheels the
+runtime role installs them from (runtime_pip_extra_args in the inventory).
 """
 
 from __future__ import annotations
 
 import os
 import time
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -20,6 +22,7 @@ from cluster.run import run
 
 REPO = Path(__file__).resolve().parents[1]
 ROLES = REPO / "roles"
+PYPROJECT = REPO / "pyproject.toml"
 # What the roles install besides the lists read from their own files below.
 DEBIAN_PACKAGES = ("python3", "python3-venv", "rsyslog", "redis-server", "espeak-ng", "sox", "nftables")
 WHEELS = STATE_ROOT / "wheels"
@@ -43,8 +46,8 @@ def debian_packages() -> list[str]:
 
 
 def python_packages() -> list[str]:
-    return sorted({*_role_var("vpbx_runtime/defaults/main.yml", "vpbx_runtime_packages"),
-                   *_role_var("callbackd/defaults/main.yml", "callbackd_packages")})
+    """The project's pinned dependencies, as its wheel carries them."""
+    return sorted(tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"])
 
 
 def install_debian_packages() -> bool:
@@ -74,7 +77,7 @@ def install_debian_packages() -> bool:
 
 
 def build_wheels(pip: str) -> bool:
-    """Wheels of the runtime's pinned packages and their dependencies; True if any was made."""
+    """Wheels of the project's pinned dependencies and theirs; True if any was made."""
     WHEELS.mkdir(parents=True, exist_ok=True)
     before = set(os.listdir(WHEELS))
     run(pip, "wheel", "-q", "--disable-pip-version-check", "--wheel-dir", str(WHEELS), *python_packages())

@@ -23,6 +23,10 @@ Rules of the road:
   bound to the address a phone registered from; our X-Vpbx-* headers and,
   from anyone but a trunk or an engine, asserted identities are removed
   before anything reads them.
+- Memory: a new INVITE is refused statelessly with 503 (Retry-After) while
+  Kamailio's free shared memory is under the reserve (`MemoryGuard`), so that
+  the transactions already set up, their in-dialog requests and replies
+  finish, and no call goes unanswered for want of memory.
 - Registrations live in the location store (usrloc over db_redis, one Redis
   for every edge), not in this process: a binding made through another edge,
   or before a restart, is found here. When that store does not answer, a
@@ -36,7 +40,6 @@ import importlib
 import json
 import re
 import secrets
-import site
 import sys
 import time
 import types
@@ -118,30 +121,43 @@ BINDINGS = "vpbx_bindings"
 # this process, so no digest matches it.
 NO_PASSWORD = secrets.token_hex(32)
 LOG_PREFIX = "vpbx: "
+# Free shared memory as the kex module counts it: each process reads the
+# allocator's figures (under its lock) at most once per timer tick (1/16 s)
+# and answers from that copy otherwise, so one read per new INVITE costs a
+# name lookup, not a walk of the allocator.
+SHM_FREE = "$stat(free_size)"
+SHM_TOTAL = "$stat(total_size)"
+# Seconds between two log lines of one worker about INVITEs refused for memory.
+MEMORY_LOG_INTERVAL = 10
 # The SIP proxies' replication (dmq): its request method.
 DMQ_METHOD = "KDMQ"
-# The vpbx package in the order its modules import one another.
-VPBX_MODULES = ("vpbx.numbers", "vpbx.model", "vpbx.routing_file", "vpbx.policy", "vpbx.decide")
+# Kamailio's figures for Prometheus (xhttp_prom, kamailio.cfg): xhttp's
+# event_callback, and the one socket that serves them (and takes no SIP).
+XHTTP_EVENT = "ksr_xhttp_event"
+METRICS_SOCKET = "vpbx_metrics"
+# The router's own counters (declared in kamailio.cfg): decisions by action, bans by reason.
+DECISIONS_METRIC = "vpbx_decisions_total"
+BANS_METRIC = "vpbx_bans_total"
 STATE_MODULE = "vpbx_router_state"
 
 
 def _use_runtime() -> None:
-    """Put the vpbx runtime virtualenv first on sys.path: this interpreter is
-    Debian's, and a Debian package of the same name must not win."""
-    before = list(sys.path)
-    for line in PYTHONPATH_FILE.read_text().split():
-        site.addsitedir(line)
-    sys.path[:] = [p for p in sys.path if p not in before] + before
+    """The runtime virtualenv's site-packages (the project's wheel and the
+    dependencies it pins), named in `pythonpath`, first on sys.path: this
+    interpreter is Debian's, and a Debian package of the same name must not win."""
+    for path in reversed(PYTHONPATH_FILE.read_text().split()):
+        if path not in sys.path:
+            sys.path.insert(0, path)
 
 
 def _fresh_vpbx():
-    """The vpbx modules, executed anew: a reload re-runs this script only, and
+    """The vpbx package executed anew: a reload re-runs this script only, and
     new routing code must not meet old modules cached by the worker."""
-    modules = {}
-    for name in VPBX_MODULES:
-        cached = sys.modules.get(name)
-        modules[name] = importlib.reload(cached) if cached else importlib.import_module(name)
-    return modules["vpbx.decide"], modules["vpbx.model"], modules["vpbx.routing_file"]
+    for name in [n for n in sys.modules if n == "vpbx" or n.startswith("vpbx.")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
+    return (importlib.import_module("vpbx.decide"), importlib.import_module("vpbx.model"),
+            importlib.import_module("vpbx.routing_file"))
 
 
 def timed(load, decide):
@@ -181,7 +197,7 @@ class EdgeSettings:
 
     def __init__(self, trusted_sources=(), engines=(), auth_failures=5, scanner_user_agents=(),
                  location_store="", location_retry_after=30, dialog_lifetime=43200,
-                 dmq_socket="", dmq_peers=()):
+                 dmq_socket="", dmq_peers=(), shm_reserve_percent=0, overload_retry_after=5):
         import netaddr  # from the runtime virtualenv, on sys.path only after _use_runtime()
 
         self.trusted = netaddr.IPSet(trusted_sources)
@@ -194,6 +210,9 @@ class EdgeSettings:
         # The replication socket's name (kamailio.cfg) and the SIP proxies it takes KDMQ from.
         self.dmq_socket = dmq_socket
         self.dmq_peers = frozenset(p.rpartition(":")[0].strip("[]") for p in dmq_peers)
+        # Share of shared memory kept for what is under way: below it, new INVITEs get 503.
+        self.shm_reserve_percent = int(shm_reserve_percent)
+        self.overload_retry_after = int(overload_retry_after)
         self.scanner = (re.compile("|".join(f"(?:{p})" for p in scanner_user_agents), re.IGNORECASE)
                         if scanner_user_agents else None)
 
@@ -259,6 +278,59 @@ class RouteSigner:
                                    params.get(ROUTE_SIGNATURE, ""))
 
 
+class MemoryGuard:
+    """Refuses a new INVITE with 503 while free shared memory is under the reserve.
+
+    tm keeps every transaction in shared memory; once it runs out, new_t()
+    fails and the INVITE gets no answer at all, and replies and BYEs of
+    calls in progress fail as well. Refusing new INVITEs statelessly (sl, no
+    shared memory) while `reserve_percent` of it is still free keeps that
+    share for what is under way, and tells the carrier to come back
+    (Retry-After) instead of leaving it to time out. One log line per worker
+    and interval says how many were refused, not one per INVITE.
+    """
+
+    def __init__(self, reserve_percent: int, retry_after: int, limiter):
+        self.reserve_percent = reserve_percent
+        self.retry_after = retry_after
+        self.limiter = limiter
+        # Bytes; read from the running Kamailio on the first INVITE (its -m may not be the role's).
+        self.reserve = None if reserve_percent > 0 else 0
+
+    def refused(self) -> bool:
+        """Whether this INVITE was answered 503 for want of memory."""
+        if self.reserve is None:
+            self.reserve = _unsigned(KSR.pv.get(SHM_TOTAL) or 0) * self.reserve_percent // 100
+        free = KSR.pv.get(SHM_FREE)
+        if free is None or _unsigned(free) >= self.reserve:
+            return False
+        self.refuse(f"shared memory low ({_unsigned(free) >> 20} MB free, reserve {self.reserve >> 20} MB)")
+        return True
+
+    def new_transaction(self) -> bool:
+        """tm's transaction for this INVITE (False: none, the caller stops). The statistic the
+        guard reads is a few milliseconds old: should tm find no memory after all, a 503 still
+        answers the INVITE."""
+        created = KSR.tm.t_newtran()
+        if created < 0:
+            self.refuse("shared memory exhausted (tm found none for a transaction)")
+        return created > 0
+
+    def refuse(self, why: str) -> None:
+        KSR.hdr.append_to_reply(f"Retry-After: {self.retry_after}\r\n")
+        KSR.sl.sl_send_reply(503, "Server Overloaded")
+        left_out = self.limiter.allow()
+        if left_out is not None:
+            KSR.err(f"{LOG_PREFIX}{why}: new INVITEs refused with 503, Retry-After {self.retry_after} "
+                    f"({left_out} more refused since this worker's last line)\n")
+
+
+def _unsigned(value: int) -> int:
+    """A statistic as Kamailio counts it: $stat is an unsigned 32-bit figure that KEMI hands over
+    as a signed int, so that 2-4 GiB of memory comes out negative (the role keeps it under 4 GiB)."""
+    return value & 0xFFFFFFFF
+
+
 def route_params(uri: str) -> dict:
     """The parameters of a Route URI ("<sip:192.0.2.1;lr;ftag=a;vpbx_exp=1>" -> {"lr": "", ...})."""
     uri = (uri or "").strip().strip("<>").split(">", 1)[0]
@@ -269,14 +341,26 @@ def route_params(uri: str) -> dict:
     return params
 
 
+def serve_metrics():
+    """An HTTP request: /metrics on the metrics socket is answered by xhttp_prom, anything else 404."""
+    if KSR.pv.get("$Rn") == METRICS_SOCKET and KSR.xhttp_prom.check_uri() > 0:
+        KSR.xhttp_prom.dispatch()
+    else:
+        KSR.xhttp.xhttp_reply(404, "Not Found", "text/plain", "")
+    return 1
+
+
 class Unavailable:
     """Stands in when no routing ever loaded: every new call is refused, not dropped."""
 
     def child_init(self, rank):
         return 0
 
+    def ksr_xhttp_event(self, msg, evname):
+        return serve_metrics()
+
     def ksr_request_route(self, msg):
-        if KSR.is_ACK():
+        if KSR.is_ACK() or KSR.pv.get("$Rn") == METRICS_SOCKET:
             return 1
         KSR.sl.sl_send_reply(503, "Routing Not Loaded")
         return 1
@@ -298,8 +382,12 @@ class VpbxRouter:
     def __init__(self, decide, model, routing, router, edge, signer):
         import netaddr
 
+        from vpbx.loglimit import LogLimiter
+
         self._ipset = netaddr.IPSet
         self.signer = signer
+        self.memory = MemoryGuard(edge.shm_reserve_percent, edge.overload_retry_after,
+                                  LogLimiter(burst=1, interval=MEMORY_LOG_INTERVAL))
         self.decide = decide
         self.model = model
         self.routing = routing
@@ -327,6 +415,9 @@ class VpbxRouter:
     def child_init(self, rank):
         return 0
 
+    def ksr_xhttp_event(self, msg, evname):
+        return serve_metrics()
+
     def refresh_routing(self):
         """Load routing.json if it was replaced since this worker loaded it (vpbx.routing_file)."""
         try:
@@ -341,18 +432,21 @@ class VpbxRouter:
     # -- request route -----------------------------------------------------
 
     def ksr_request_route(self, msg):
+        # Read once: every step below asks for them.
+        source = KSR.pv.get("$si")
+        method = KSR.pv.get("$rm")
         # Replication between the SIP proxies: on its own socket, from them alone.
-        if self.ksr_route_dmq() == STOP:
+        if self.ksr_route_dmq(source, method) == STOP:
             return 1
         self.refresh_routing()
         # Banned, flooding or scanning sources get nothing, not even a reply.
-        if self.ksr_route_shield() == STOP:
+        if self.ksr_route_shield(source) == STOP:
             return 1
         # Sanity, loops, retransmissions.
-        if self.ksr_route_reqinit() == STOP:
+        if self.ksr_route_reqinit(source, method) == STOP:
             return 1
         # CANCEL goes where its INVITE went, or nowhere.
-        if KSR.is_CANCEL():
+        if method == "CANCEL":
             if KSR.tm.t_check_trans() > 0:
                 self.ksr_route_relay()
             return 1
@@ -363,43 +457,48 @@ class VpbxRouter:
         # Our headers are ours alone, whoever sent them.
         KSR.textops.remove_hf_re(OWN_HEADERS_RE)
         # Phones register with digest authentication.
-        if KSR.is_REGISTER():
+        if method == "REGISTER":
             self.ksr_route_registrar()
             return 1
-        if KSR.is_OPTIONS() and KSR.is_myself_ruri() and not KSR.pv.get("$rU"):
+        if method == "OPTIONS" and KSR.is_myself_ruri() and not KSR.pv.get("$rU"):
             KSR.sl.sl_send_reply(200, "OK")
             return 1
-        if not KSR.is_INVITE():
+        if method != "INVITE":
             KSR.sl.sl_send_reply(405, "Method Not Allowed")
             return 1
+        # A new call needs shared memory for its transaction: none to spare, a 503.
+        if self.memory.refused():
+            return 1
         # Who is calling: a trunk (trusted caller ID), an extension, or nobody we know.
-        origin = self.ksr_route_origin()
+        origin = self.ksr_route_origin(source)
         if origin is None:
             return 1
         # The decision, then the action.
-        self.ksr_route_decide(origin)
+        self.ksr_route_decide(origin, source)
         return 1
 
-    def ksr_route_dmq(self):
+    def ksr_route_dmq(self, source, method):
         """KDMQ (bans, failed authentications) from another SIP proxy goes to dmq; anything else
-        on the replication socket, and KDMQ from anyone else or elsewhere, is dropped unanswered."""
-        on_dmq_socket = bool(self.edge.dmq_socket) and KSR.pv.get("$Rn") == self.edge.dmq_socket
-        is_dmq = KSR.pv.get("$rm") == DMQ_METHOD
+        on the replication socket, and KDMQ from anyone else or elsewhere, is dropped unanswered.
+        So is any SIP on the metrics socket, which serves HTTP (ksr_xhttp_event) alone."""
+        socket = KSR.pv.get("$Rn")
+        if socket == METRICS_SOCKET:
+            return STOP
+        on_dmq_socket = bool(self.edge.dmq_socket) and socket == self.edge.dmq_socket
+        is_dmq = method == DMQ_METHOD
         if not on_dmq_socket and not is_dmq:
             return GO_ON
-        source = KSR.pv.get("$si")
         if on_dmq_socket and is_dmq and source in self.edge.dmq_peers:
             KSR.dmq.handle_message()
             return STOP
         if KSR.htable.sht_get(BAN_TABLE, source) is None:
-            KSR.info(f"{LOG_PREFIX}{KSR.pv.get('$rm')} from {source} dropped: "
+            KSR.info(f"{LOG_PREFIX}{method} from {source} dropped: "
                      f"{'not a SIP proxy of this PBX' if is_dmq else 'not KDMQ'} on the replication socket\n"
                      if on_dmq_socket else
                      f"{LOG_PREFIX}KDMQ from {source} dropped: not on the replication socket\n")
         return STOP
 
-    def ksr_route_shield(self):
-        source = KSR.pv.get("$si")
+    def ksr_route_shield(self, source):
         if KSR.htable.sht_get(BAN_TABLE, source) is not None:
             return STOP
         if self.trusted(source):
@@ -409,7 +508,7 @@ class VpbxRouter:
             return STOP
         user_agent = KSR.pv.get("$ua")
         if self.edge.scanner is not None and user_agent and self.edge.scanner.search(user_agent):
-            self.ban(source, f"scanner (User-Agent {user_agent!r})")
+            self.ban(source, "scanner", f"scanner (User-Agent {user_agent!r})")
             return STOP
         return GO_ON
 
@@ -417,9 +516,11 @@ class VpbxRouter:
         """Trunks, engines and the admin's trusted sources are never banned."""
         return source in self.never_banned or KSR.dispatcher.ds_is_from_list(ENGINE_SET) > 0
 
-    def ban(self, source, why):
+    def ban(self, source, reason, why=None):
+        """`reason`: the counter's label (flooding, scanner, authentication); `why`: the log's words."""
         KSR.htable.sht_seti(BAN_TABLE, source, 1)
-        KSR.notice(f"{LOG_PREFIX}ban: {source} banned ({why}), its requests are dropped\n")
+        KSR.xhttp_prom.counter_inc_l1(BANS_METRIC, 1, reason)
+        KSR.notice(f"{LOG_PREFIX}ban: {source} banned ({why or reason}), its requests are dropped\n")
 
     def auth_failed(self, source, user, rc):
         """Credentials that do not verify: counted per source; too many in the window ban it."""
@@ -432,17 +533,17 @@ class VpbxRouter:
                  f"(auth {rc}, {failures} in a row)\n")
         if failures >= self.edge.auth_failures:
             KSR.htable.sht_rm(AUTH_FAIL_TABLE, source)
-            self.ban(source, f"{failures} failed authentications")
+            self.ban(source, "authentication", f"{failures} failed authentications")
 
-    def ksr_route_reqinit(self):
+    def ksr_route_reqinit(self, source, method):
         if KSR.maxfwd.process_maxfwd(10) < 0:
             KSR.sl.sl_send_reply(483, "Too Many Hops")
             return STOP
         if KSR.sanity.sanity_check(1511, 7) < 0:
-            KSR.info(f"{LOG_PREFIX}malformed request from {KSR.pv.get('$si')} dropped\n")
+            KSR.info(f"{LOG_PREFIX}malformed request from {source} dropped\n")
             return STOP
         # Retransmissions are absorbed by the transaction they belong to.
-        if not KSR.is_ACK():
+        if method != "ACK":
             if KSR.tmx.t_precheck_trans() > 0:
                 KSR.tm.t_check_trans()
                 return STOP
@@ -569,8 +670,7 @@ class VpbxRouter:
         KSR.htable.sht_sets(REGSRC_TABLE, source, user)
         return True
 
-    def ksr_route_origin(self):
-        source = KSR.pv.get("$si")
+    def ksr_route_origin(self, source):
         trunk = self.router.trunk_for(source)
         if trunk is not None:
             return self.decide.FromTrunk(trunk, self.verification(trunk))
@@ -609,7 +709,7 @@ class VpbxRouter:
             # A name, not an address: nothing resolves it, the call goes to the source.
             return False
 
-    def ksr_route_decide(self, origin):
+    def ksr_route_decide(self, origin, source):
         if not isinstance(origin, (self.decide.FromTrunk, self.decide.FromEngine)):
             for name in ASSERTED_IDENTITY_HEADERS:
                 KSR.hdr.remove(name)
@@ -619,8 +719,9 @@ class VpbxRouter:
             caller = KSR.pv.get("$(ai{uri.user})") or caller
         did = KSR.pv.get("$rU")
         action = self.router.decide(origin, did, caller)
-        KSR.info(f"{LOG_PREFIX}decision: from={KSR.pv.get('$si')} origin={_origin_text(origin)} "
-                 f"caller={caller} ruri={did} -> {_action_text(action)}\n")
+        KSR.xhttp_prom.counter_inc_l1(DECISIONS_METRIC, 1, type(action).__name__)
+        KSR.info(f"{LOG_PREFIX}decision: from={source} origin={origin.log} "
+                 f"caller={caller} ruri={did} -> {action.log}\n")
         d = self.decide
         if isinstance(action, d.Reject):
             KSR.sl.sl_send_reply(action.code, action.reason)
@@ -632,9 +733,14 @@ class VpbxRouter:
         elif isinstance(action, d.RingExtension):
             self.record_route()
             self.ksr_route_ring_extension(action.extension)
+        elif isinstance(action.steps[0], d.Reject):
+            # A scheme that only refuses: nothing to relay, so no transaction
+            # and no Record-Route; retransmissions get the same reply from sl.
+            KSR.sl.sl_send_reply(action.steps[0].code, action.steps[0].reason)
         else:
             self.record_route()
-            KSR.tm.t_newtran()
+            if not self.memory.new_transaction():
+                return
             KSR.pv.sets(AVP_DID, action.did)
             self.ksr_route_scheme_step(action.did, 0)
 
@@ -642,7 +748,8 @@ class VpbxRouter:
         # Hand the trigger to a callback engine; its reply is never a 200, so
         # the employee's call costs nothing. No engine up: the scheme routes it.
         self.record_route()
-        KSR.tm.t_newtran()
+        if not self.memory.new_transaction():
+            return
         KSR.pv.sets(AVP_DID, action.did)
         KSR.pv.sets(AVP_CALLER, action.caller)
         if KSR.dispatcher.ds_select_dst(ENGINE_SET, ENGINE_ALGORITHM) < 0:
@@ -665,14 +772,16 @@ class VpbxRouter:
     def ksr_route_call_out(self, action):
         # A call-back leg: out through the trunk, media already anchored by the engine.
         self.record_route(engine=True)
-        KSR.tm.t_newtran()
-        KSR.seturi(f"sip:{action.number}@{self.config.trunks[0].address}")
+        if not self.memory.new_transaction():
+            return
+        KSR.seturi(action.uri)
         KSR.resetdsturi()
         if KSR.tm.t_relay() < 0:
             KSR.tm.t_reply(500, "Server Error")
 
     def ksr_route_ring_extension(self, extension):
-        KSR.tm.t_newtran()
+        if not self.memory.new_transaction():
+            return
         if not self.lookup_extensions((extension,)):
             KSR.tm.t_reply(480, "Temporarily Unavailable")
             return
@@ -688,32 +797,30 @@ class VpbxRouter:
         `offered`: an earlier step's branch offered media to RTPengine (in a
         failure route), so a call that ends here deletes that session.
         """
-        steps = self.router.config.routing_schemes[self.config.numbers[did].routing]
-        while index < len(steps):
-            step = steps[index]
+        step = self.router.step(did, index)
+        while step is not None:
             KSR.pv.seti(AVP_STEP, index)
-            if isinstance(step, self.model.RejectStep):
-                self.end_call(step.code, "Rejected By Routing", offered)
+            if isinstance(step, self.decide.Reject):
+                self.end_call(step.code, step.reason, offered)
                 return
-            if isinstance(step, self.model.RingStep):
+            if isinstance(step, self.decide.Ring):
                 KSR.pv.unset(AVP_OUT)
                 if self.lookup_extensions(step.extensions):
-                    ms = step.timeout * 1000
-                    KSR.tm.t_set_fr(ms, ms)
+                    KSR.tm.t_set_fr(step.timeout_ms, step.timeout_ms)
                     KSR.tm.t_on_failure(FAILURE_ROUTE)
                     self.ksr_route_relay()
                     return
                 KSR.info(f"{LOG_PREFIX}step {index}: none of {','.join(step.extensions)} registered\n")
             else:
-                trunk = self.config.trunks[0]
                 KSR.resetdsturi()
                 KSR.tm.t_reset_fr()
-                KSR.seturi(f"sip:{step.number}@{trunk.address}")
+                KSR.seturi(step.uri)
                 KSR.pv.seti(AVP_OUT, 1)
                 KSR.tm.t_on_failure(FAILURE_ROUTE)
                 self.ksr_route_relay()
                 return
             index += 1
+            step = self.router.step(did, index)
         self.end_call(480, "Temporarily Unavailable", offered)
 
     def end_call(self, code, reason, offered):
@@ -802,8 +909,7 @@ class VpbxRouter:
             return 1
         code = KSR.pv.get("$T_reply_code")
         KSR.info(f"{LOG_PREFIX}step {step} of {did} failed with {code}, next step\n")
-        steps = self.config.routing_schemes[self.config.numbers[did].routing]
-        if int(step) + 1 >= len(steps):
+        if self.router.step(did, int(step) + 1) is None:
             KSR.rtpengine.rtpengine_delete0()
             return 1
         self.ksr_route_scheme_step(did, int(step) + 1, offered=True)
@@ -823,16 +929,3 @@ def received_hosts(uris) -> set:
             hosts.add(hostport.rsplit(":", 1)[0])
     return hosts
 
-
-def _origin_text(origin) -> str:
-    name = type(origin).__name__
-    detail = getattr(origin, "trunk", None) or getattr(origin, "number", None)
-    verified = getattr(origin, "verified", None)
-    if verified is not None:
-        detail = f"{detail}, verified={verified}"
-    return f"{name}({detail})" if detail else name
-
-
-def _action_text(action) -> str:
-    fields = ", ".join(f"{k}={v}" for k, v in vars(action).items() if k != "steps")
-    return f"{type(action).__name__}({fields})"

@@ -2,15 +2,20 @@
 
 A pure function over plain values so that every row of the decision table is
 unit-tested without Kamailio; the KEMI script only reads the message, asks,
-and acts.
+and acts. A routing scheme's walk is values too: each step says what to do
+(ring these extensions for so long, relay to this URI through the trunk,
+reply this code), and `Router.step` which step comes next.
+
+Every action and origin has a `log` text, made when the value is made or
+once per DID, so that the router's decision line is one formatted string.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import netaddr
 
-from vpbx.model import Config, Did, Step
-from vpbx.numbers import e164_for_lookup, normalize
+from vpbx.model import Config, Did, ForwardStep, RingStep, Step
+from vpbx.numbers import Notations, normalize
 from vpbx.policy import Allowed, check_destination
 
 
@@ -25,6 +30,11 @@ class FromTrunk:
     trunk: str
     verified: bool | None = None
 
+    @property
+    def log(self) -> str:
+        verified = "" if self.verified is None else f", verified={self.verified}"
+        return f"FromTrunk({self.trunk}{verified})"
+
 
 @dataclass(frozen=True)
 class FromExtension:
@@ -32,15 +42,23 @@ class FromExtension:
 
     number: str
 
+    @property
+    def log(self) -> str:
+        return f"FromExtension({self.number})"
+
 
 @dataclass(frozen=True)
 class FromEngine:
     """The INVITE came from a callback engine: a call-back leg to the employee or the client."""
 
+    log = "FromEngine"
+
 
 @dataclass(frozen=True)
 class FromStranger:
     """Neither a trunk source, an authenticated extension, nor a callback engine."""
+
+    log = "FromStranger"
 
 
 Origin = FromTrunk | FromExtension | FromEngine | FromStranger
@@ -48,8 +66,14 @@ Origin = FromTrunk | FromExtension | FromEngine | FromStranger
 
 @dataclass(frozen=True)
 class Reject:
+    """A final reply and nothing else; also a scheme's reject step."""
+
     code: int
     reason: str
+    log: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "log", f"Reject(code={self.code}, reason={self.reason})")
 
 
 @dataclass(frozen=True)
@@ -60,14 +84,42 @@ class TriggerCallback:
     caller: str
     reply_code: int
 
+    @property
+    def log(self) -> str:
+        return f"TriggerCallback(did={self.did}, caller={self.caller}, reply_code={self.reply_code})"
+
+
+@dataclass(frozen=True)
+class Ring:
+    """A scheme's step: ring every registered phone of `extensions` for `timeout_ms`."""
+
+    index: int
+    extensions: tuple[str, ...]
+    timeout_ms: int
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A scheme's step: relay the call to `uri`, a number through the trunk."""
+
+    index: int
+    uri: str
+
+
+SchemeStep = Ring | Forward | Reject
+
 
 @dataclass(frozen=True)
 class RouteScheme:
-    """Run the DID's routing scheme, steps tried in order."""
+    """Run the DID's routing scheme: `steps` tried in order (Router.step walks them)."""
 
     did: str
     scheme: str
-    steps: tuple[Step, ...]
+    steps: tuple[SchemeStep, ...]
+    log: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "log", f"RouteScheme(did={self.did}, scheme={self.scheme})")
 
 
 @dataclass(frozen=True)
@@ -76,19 +128,30 @@ class RingExtension:
 
     extension: str
 
+    @property
+    def log(self) -> str:
+        return f"RingExtension(extension={self.extension})"
+
 
 @dataclass(frozen=True)
 class CallOut:
-    """A call-back leg out through the trunk, presenting the DID."""
+    """A call-back leg out through the trunk, presenting the DID: relayed to `uri`."""
 
     did: str
     number: str
+    uri: str
+
+    @property
+    def log(self) -> str:
+        return f"CallOut(did={self.did}, number={self.number}, uri={self.uri})"
 
 
 Action = Reject | TriggerCallback | RouteScheme | RingExtension | CallOut
 
 FORBIDDEN = Reject(403, "Forbidden")
 NOT_FOUND = Reject(404, "Not Found")
+# What a scheme's reject step answers, with the step's code.
+REJECTED_BY_ROUTING = "Rejected By Routing"
 
 
 class Router:
@@ -97,6 +160,13 @@ class Router:
     def __init__(self, config: Config):
         self.config = config
         self.trunks = {trunk.name: trunk for trunk in config.trunks}
+        # Calls leave through the first trunk: forward steps and call-back legs.
+        self.out_trunk = config.trunks[0]
+        self.notations = Notations(config.default_country)
+        self.walks = {name: self._walk(steps) for name, steps in config.routing_schemes.items()}
+        # One action per DID, made once: the scheme's walk and its log text.
+        self.schemes = {did.number: RouteScheme(did.number, did.routing, self.walks[did.routing])
+                        for did in config.numbers.values()}
         self._sources = [
             (netaddr.IPNetwork(cidr), trunk.name)
             for trunk in config.trunks
@@ -114,6 +184,28 @@ class Router:
                 return name
         return None
 
+    def _walk(self, steps: tuple[Step, ...]) -> tuple[SchemeStep, ...]:
+        def value(index: int, step: Step) -> SchemeStep:
+            if isinstance(step, RingStep):
+                return Ring(index, step.extensions, step.timeout * 1000)
+            if isinstance(step, ForwardStep):
+                return Forward(index, self.out_uri(step.number))
+            return Reject(step.code, REJECTED_BY_ROUTING)
+
+        return tuple(value(i, s) for i, s in enumerate(steps))
+
+    def out_uri(self, number: str) -> str:
+        """Where a call to `number` leaving the PBX is relayed: the out trunk."""
+        return f"sip:{number}@{self.out_trunk.address}"
+
+    def step(self, did: str | None, index: int) -> SchemeStep | None:
+        """Step `index` of the scheme of `did` (an E.164 DID, as the actions name it), or None
+        when the scheme has no such step (the last one was tried) or `did` is no DID."""
+        scheme = self.schemes.get(did)
+        if scheme is None or not 0 <= index < len(scheme.steps):
+            return None
+        return scheme.steps[index]
+
     def did(self, ruri_user: str | None) -> Did | None:
         return self.config.numbers.get(self.find(ruri_user, self.config.numbers))
 
@@ -121,13 +213,13 @@ class Router:
         """The number of `known` that `user` is, in any notation, or None.
 
         `known` holds stored numbers, which vpbx.model validated and wrote in
-        E.164: one found as it is needs no parsing, which skips phonenumbers
-        (~20 us) for the carrier's usual notation. Any other is looked up by
-        its E.164 form alone, without the validity check: see e164_for_lookup.
+        E.164: one found as it is needs nothing else; any other is looked up
+        by its E.164 form (Notations: string rules, no parse), so a number
+        that is not there costs a dict miss.
         """
         if user in known:
             return user
-        number = e164_for_lookup(user, self.config.default_country)
+        number = self.notations.e164(user)
         return number if number in known else None
 
     def callback_list(self, did: Did) -> frozenset[str] | None:
@@ -159,7 +251,7 @@ class Router:
             caller = self.find(caller_user, listed)
             if caller is not None:
                 return TriggerCallback(did.number, caller, did.callback.reject_code)
-        return RouteScheme(did.number, did.routing, self.config.routing_schemes[did.routing])
+        return self.schemes[did.number]
 
     def attested(self, origin: FromTrunk) -> bool:
         """A trunk that reports verification triggers call-backs only for verified caller IDs."""
@@ -176,9 +268,10 @@ class Router:
         number = normalize(ruri_user, self.config.default_country)
         if did is None or did.callback is None or not did.callback.enabled or number is None:
             return FORBIDDEN
+        leg = CallOut(did.number, number, self.out_uri(number))
         if self.is_listed(did, number):
-            return CallOut(did.number, number)
+            return leg
         cb = did.callback
         verdict = check_destination("00" + number[1:], self.config.default_country,
                                     cb.allowed_prefixes, cb.denied_types)
-        return CallOut(did.number, number) if isinstance(verdict, Allowed) else FORBIDDEN
+        return leg if isinstance(verdict, Allowed) else FORBIDDEN

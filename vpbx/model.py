@@ -5,10 +5,16 @@ rendered `routing.json` has them) and returns a `Config`, or raises
 `InventoryError` listing every problem, each naming the key path and item.
 `dump()` gives the same contract back with numbers in E.164, which is what
 the services load: one schema from the admin's YAML to the running router.
+
+Two namespaces meet in an inventory: the contract's keys (`vpbx_…`) and the
+roles' own variables (`<role>_…`, e.g. `kamailio_shm_memory`).
+`role_variables()` names a variable that takes a role's prefix but is none
+of that role's, as `load()` names an unknown `vpbx_…` key.
 """
 
+import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,12 +76,29 @@ NUMBER_TYPES = {
 }
 
 
+# How many errors a refusal lists: the first ones say what is wrong, and a
+# list pasted from the wrong column would otherwise print tens of thousands.
+ERRORS_LISTED = 20
+
+
 class InventoryError(ValueError):
-    """The inventory breaks the contract; `errors` lists every problem found."""
+    """The inventory breaks the contract; `errors` lists every problem found.
+
+    Its message lists the first `ERRORS_LISTED` of them and counts the rest.
+    """
 
     def __init__(self, errors: list[str]):
         self.errors = errors
-        super().__init__("\n".join(errors))
+        super().__init__("\n".join(error_listing(errors)))
+
+
+def error_listing(errors: list[str], limit: int = ERRORS_LISTED) -> list[str]:
+    """The first `limit` errors, then one line counting the others, if any."""
+    listed = errors[:limit]
+    rest = len(errors) - len(listed)
+    if rest:
+        listed.append(f"... and {rest} more error{'s' if rest > 1 else ''} ({len(errors)} in all)")
+    return listed
 
 
 @dataclass(frozen=True)
@@ -260,9 +283,11 @@ def load(variables: Mapping[str, Any], *, rendered: bool = False) -> Config:
     carries no passwords); ring steps are then not checked against it.
     """
     check = _Checker()
+    contract = CONTRACT_KEYS + HOST_KEYS
     for key in variables:
-        if key.startswith("vpbx_") and key not in CONTRACT_KEYS + HOST_KEYS:
-            check.error(key, f"unknown variable (the contract has: {', '.join(CONTRACT_KEYS + HOST_KEYS)})")
+        if key.startswith("vpbx_") and key not in contract:
+            check.error(key, f"unknown variable{_did_you_mean(key, 'vpbx', contract)} "
+                             f"(the contract has: {', '.join(contract)})")
     for key in REQUIRED_KEYS:
         if key not in variables:
             check.error(key, "is required")
@@ -302,6 +327,32 @@ def load(variables: Mapping[str, Any], *, rendered: bool = False) -> Config:
         callback_max_concurrent=max_concurrent,
         recordings_keep_days=keep_days,
     )
+
+
+def role_variables(names: Iterable[str], known: Mapping[str, Collection[str]]) -> list[str]:
+    """An error for each of `names` that takes a role's prefix but is none of its variables.
+
+    `known`: each role's name and the variables it has (its defaults and the
+    documented ones without a default). A role's variables are
+    `<role>_…`; names of no role's prefix (the contract's, Ansible's) are
+    not this check's.
+    """
+    # The longest prefix first: a role named like the start of another's
+    # name must not claim the other's variables.
+    roles = sorted(known, key=len, reverse=True)
+    errors = []
+    for name in sorted(names):
+        role = next((r for r in roles if name.startswith(f"{r}_")), None)
+        if role is not None and name not in known[role]:
+            errors.append(f"{name}: unknown variable of role {role}{_did_you_mean(name, role, known[role])}")
+    return errors
+
+
+def _did_you_mean(name: str, prefix: str, known: Iterable[str]) -> str:
+    # Compared without the prefix they all share, which would make any two alike.
+    tails = {k.removeprefix(f"{prefix}_"): k for k in known}
+    close = difflib.get_close_matches(name.removeprefix(f"{prefix}_"), sorted(tails), n=1)
+    return f" (did you mean {tails[close[0]]}?)" if close else ""
 
 
 def hosts(groups: Mapping[str, list[str]], addresses: Mapping[str, Any]) -> dict[str, str]:

@@ -1,19 +1,45 @@
-"""Validate the vpbx_* variables on the controller, before any host is touched."""
+"""Validate the inventory on the controller, before any host is touched: the
+contract's vpbx_* variables, and the roles' own variables it sets."""
 
 import re
 from pathlib import Path
 
+import yaml
 from ansible.plugins.action import ActionBase
 
 from vpbx import model
 
-_TOP_KEY = re.compile(r"^(vpbx_\w+)\s*:", re.MULTILINE)
+_TOP_KEY = re.compile(r"^(\w+)\s*:", re.MULTILINE)
+ROLES = Path(__file__).resolve().parents[2] / "roles"
 
 
-def _defined_in(inventory_dir: str | None, key: str) -> str | None:
-    """The inventory file that sets `key`, so an error points where to edit."""
+def known_role_variables(roles: Path = ROLES) -> dict[str, set[str]]:
+    """Each role's variables: its defaults and its argument specs' options
+    (the documented ones without a default too), so that a new variable needs
+    no edit here. The contract's own role (vpbx_inventory) is left out: its
+    prefix is the contract's, which model.load() checks."""
+    known = {}
+    for role in sorted(p for p in roles.iterdir() if (p / "meta").is_dir()):
+        if role.name.startswith("vpbx_"):
+            continue
+        names = set(_yaml(role / "defaults" / "main.yml"))
+        specs = _yaml(role / "meta" / "argument_specs.yml").get("argument_specs") or {}
+        for entry_point in specs.values():
+            names.update(entry_point.get("options") or {})
+        known[role.name] = names
+    return known
+
+
+def _yaml(path: Path) -> dict:
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def _definitions(inventory_dir: str | None) -> dict[str, str]:
+    """Each top-level `vpbx_*` key of the inventory and the file that sets it, so an error
+    points where to edit (the first that sets it, host_vars before group_vars)."""
+    found: dict[str, str] = {}
     if not inventory_dir:
-        return None
+        return found
     root = Path(inventory_dir)
     for folder in ("host_vars", "group_vars"):
         for path in sorted((root / folder).rglob("*")):
@@ -22,9 +48,9 @@ def _defined_in(inventory_dir: str | None, key: str) -> str | None:
                     keys = _TOP_KEY.findall(path.read_text(errors="replace"))
                 except OSError:
                     continue
-                if key in keys:
-                    return str(path)
-    return None
+                for key in keys:
+                    found.setdefault(key, str(path))
+    return found
 
 
 class ActionModule(ActionBase):
@@ -45,7 +71,7 @@ class ActionModule(ActionBase):
             host: self._templar.template(hostvars[host].get("vpbx_internal_address"))
             for group in model.PBX_GROUPS for host in groups.get(group, ())
         }
-        problems: list[str] = []
+        problems = model.role_variables(task_vars, known_role_variables())
         config = None
         try:
             model.hosts(groups, addresses)
@@ -56,13 +82,13 @@ class ActionModule(ActionBase):
         except model.InventoryError as exc:
             problems += exc.errors
         if problems:
-            inventory_dir = task_vars.get("inventory_dir")
+            # The files are read once, whatever the number of errors.
+            files = _definitions(task_vars.get("inventory_dir"))
             errors = []
-            for line in problems:
-                key = re.split(r"[.\[:]", line, maxsplit=1)[0]
-                where = _defined_in(inventory_dir, key)
+            for line in model.error_listing(problems):
+                where = files.get(re.split(r"[.\[:]", line, maxsplit=1)[0])
                 errors.append(f"{where}: {line}" if where else line)
-            result.update(failed=True, msg="The inventory breaks the contract:\n  " + "\n  ".join(errors))
+            result.update(failed=True, msg="The inventory has errors:\n  " + "\n  ".join(errors))
             return result
         # The validated config holds the extensions' passwords and the PINs:
         # the facts are set, but never shown, not even with -v.

@@ -12,6 +12,9 @@ description:
     lists, schemes and DIDs, unknown keys, extension passwords) and fails
     listing every error, each naming the file, the key path and the offending
     value (never a password: its error says the rule it breaks).
+  - Names every variable that takes a role's prefix (C(kamailio_), C(runtime_),
+    ...) but is none of that role's variables (its C(defaults/main.yml) and
+    C(meta/argument_specs.yml)), with the closest one it may have meant.
   - On success sets the fact C(vpbx_config), the contract with every number in E.164.
   - Runs on the controller only; changes nothing on any host.
 options: {}

@@ -12,12 +12,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from vpbx_testing.sipp import SippRunner
 
 from cluster import hosts as cluster_hosts
 from cluster import inventory as cluster_inventory
@@ -27,10 +27,6 @@ from vpbx import model
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 INVENTORY = REPO / "inventories" / "cluster"
-# The end-to-end suite's helpers (sipp.py, peers.py, raw_sip.py, rtp_pcap.py).
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
-
-from sipp import SippRunner  # noqa: E402
 
 PROBES = HERE / "probes.py"
 STRANGER_NETNS = "vpbx-stranger"

@@ -14,8 +14,8 @@ import time
 
 import pytest
 from conftest import group, host_file
-from peers import callee_keys, caller_keys
-from rtp_pcap import dtmf_then_tone_pcap, tone_pcap
+from vpbx_testing.peers import callee_keys, caller_keys
+from vpbx_testing.rtp_pcap import dtmf_then_tone_pcap, tone_pcap
 
 CDR = "/var/log/vpbx/cdr.jsonl"
 CLIENT_NUMBER = "0905123456"

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from conftest import group, host_file
-from peers import caller_keys
-from rtp_pcap import dtmf_then_tone_pcap, tone_pcap
 from test_calls import CDR, CLIENT_E164, CLIENT_NUMBER, CLIENT_SSRC, EMPLOYEE_SSRC, engine_cdrs
+from vpbx_testing.peers import caller_keys
+from vpbx_testing.rtp_pcap import dtmf_then_tone_pcap, tone_pcap
 
 from cluster.run import enter
 

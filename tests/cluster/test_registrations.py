@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from peers import callee_keys, caller_keys
+from vpbx_testing.peers import callee_keys, caller_keys
 
 CALL_TIMEOUT = 60
 REGISTER_EXPIRES = 300

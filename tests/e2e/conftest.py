@@ -8,15 +8,15 @@ answers SIP, the tests are skipped, or fail when VPBX_E2E_REQUIRED=1 (CI).
 
 import ipaddress
 import os
-import socket
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
 import yaml
-from sipp import SippRunner
+from vpbx_testing.loopbacks import PHONES_FROM, STRANGER_FROM, untrusted_loopbacks
+from vpbx_testing.raw_sip import sip_options
+from vpbx_testing.sipp import SippRunner
 
 from vpbx import model
 
@@ -24,14 +24,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 DEFAULT_INVENTORY = REPO / "inventories" / "lab"
 RTPENGINE_DEFAULTS = REPO / "roles" / "rtpengine" / "defaults" / "main.yml"
-# First candidates for the peers' addresses; any 127.x.y.z is this host.
-PHONES_FROM = "127.0.0.10"
-STRANGER_FROM = "127.0.0.66"
 # Each phone registers from and answers on its own address at this port.
 PHONE_PORT = 5060
 REGISTER_EXPIRES = 300
-OPTIONS_TRIES = 3
-OPTIONS_WAIT = 1.0
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -110,21 +105,6 @@ def trunk_port(trunk: model.Trunk) -> int:
     return trunk.address.port
 
 
-def untrusted_loopbacks(lab: model.Config, first: str, count: int) -> list[str]:
-    """`count` loopback addresses from `first` up that no trunk trusts and no PBX part uses."""
-    trusted = [ipaddress.ip_network(c) for t in lab.trunks for c in t.inbound_sources]
-    taken = {lab.sip_listen.host, *(t.address.host for t in lab.trunks)}
-    found: list[str] = []
-    address = ipaddress.ip_address(first)
-    while len(found) < count:
-        if address not in ipaddress.ip_network("127.0.0.0/8"):
-            raise ValueError(f"no {count} free loopback addresses from {first}")
-        if str(address) not in taken and not any(address in net for net in trusted):
-            found.append(str(address))
-        address += 1
-    return found
-
-
 @pytest.fixture(scope="session")
 def phone_ips(lab: model.Config) -> dict[str, str]:
     """A distinct untrusted loopback address for each extension: {"100": "127.0.0.10", ...}."""
@@ -156,40 +136,6 @@ def pbx_answers(pbx_address: model.HostPort, stranger_ip: str) -> None:
     answer = sip_options(pbx_address, stranger_ip)
     if answer is None:
         unavailable(f"no PBX answers SIP OPTIONS at {pbx_address} (vpbx_sip_listen of {inventory_dir()})")
-
-
-def sip_options(target: model.HostPort, source_ip: str, tries: int = OPTIONS_TRIES,
-                wait: float = OPTIONS_WAIT) -> str | None:
-    """Send OPTIONS from source_ip (`tries` times, `wait` s each); the status line of the answer,
-    or None if nothing answers."""
-    call_id = uuid.uuid4().hex
-    family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.bind((source_ip if family == socket.AF_INET else "::1", 0))
-        sock.settimeout(wait)
-        here = sock.getsockname()
-        local = f"[{here[0]}]:{here[1]}" if family == socket.AF_INET6 else f"{here[0]}:{here[1]}"
-        request = (
-            f"OPTIONS sip:{target} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {local};branch=z9hG4bK{call_id[:16]};rport\r\n"
-            f"From: <sip:e2e-probe@{local}>;tag={call_id[16:]}\r\n"
-            f"To: <sip:{target}>\r\n"
-            f"Call-ID: {call_id}\r\n"
-            "CSeq: 1 OPTIONS\r\n"
-            "Max-Forwards: 70\r\n"
-            "Content-Length: 0\r\n\r\n"
-        ).encode()
-        for _ in range(tries):
-            sock.sendto(request, (target.host, target.port))
-            try:
-                while True:
-                    data = sock.recv(65535).decode(errors="replace")
-                    # Only an answer to this very request counts.
-                    if data.startswith("SIP/2.0 ") and call_id in data:
-                        return data.split("\r\n", 1)[0]
-            except TimeoutError:
-                continue
-    return None
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 from conftest import inventory_dir, inventory_variables
-from peers import caller_keys
-from rtp_pcap import dtmf_then_tone_pcap, tone_pcap
-from sipp import SippError, SippRunner
+from vpbx_testing.peers import caller_keys
+from vpbx_testing.rtp_pcap import dtmf_then_tone_pcap, tone_pcap
+from vpbx_testing.sipp import SippError, SippRunner
 
 from vpbx import model
 

@@ -1,7 +1,7 @@
 """A second SIP proxy beside the deployed one, for the tests of what the edges share.
 
-The deployed kamailio.cfg, listening on SECOND_EDGE_IP with a control socket
-of its own (and whatever else a test replaces), run as its own session and
+The deployed kamailio.cfg, listening on SECOND_EDGE_IP (SIP and metrics) with
+a control socket of its own (and whatever else a test replaces), run as its own session and
 ended with it: another host of sip_proxies, as far as the first edge and the
 state store can tell.
 """
@@ -9,14 +9,15 @@ state store can tell.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-import health
 from test_recovery import wait_until
+from vpbx_testing import health
 
 from vpbx import model
 
@@ -30,13 +31,17 @@ START_WAIT = 60.0
 
 @contextmanager
 def second_edge(pbx_address: model.HostPort, workdir: Path,
-                replace: Mapping[str, str] | None = None) -> Iterator[tuple[model.HostPort, str]]:
-    """Run it until the block ends; (where it takes SIP, its control socket)."""
+                replace: Mapping[str, str] | None = None,
+                shm_mb: int = 64) -> Iterator[tuple[model.HostPort, str]]:
+    """Run it with `shm_mb` MB of shared memory until the block ends; (its SIP address, its ctl socket)."""
     edge = model.HostPort(SECOND_EDGE_IP, pbx_address.port)
     ctl = f"unix:{workdir / 'ctl'}"
     cfg = KAMAILIO_CFG.read_text()
     for proto in ("udp", "tcp"):
         cfg = cfg.replace(f"listen={proto}:{pbx_address}", f"listen={proto}:{edge}")
+    # The first edge holds its metrics port (TCP, one listener per address).
+    cfg = re.sub(r'^listen=tcp:\S+:(\d+) (name "vpbx_metrics")$', rf"listen=tcp:{SECOND_EDGE_IP}:\1 \2",
+                 cfg, flags=re.M)
     for old, new in (replace or {}).items():
         cfg = cfg.replace(old, new)
     cfg = cfg.replace(KAMAILIO_CTL, ctl)
@@ -44,7 +49,7 @@ def second_edge(pbx_address: model.HostPort, workdir: Path,
     with (workdir / "kamailio.out").open("wb") as out:
         process = subprocess.Popen(
             ["kamailio", "-DD", "-f", str(workdir / "kamailio.cfg"), "-P", str(workdir / "pid"),
-             "-m", "64", "-M", "16"],
+             "-m", str(shm_mb), "-M", "16"],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_until(f"a second edge answers SIP OPTIONS at {edge}",

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-import services
 from conftest import inventory_dir
-from peers import callee_keys, caller_keys
-from rtp_pcap import dtmf_then_tone_pcap, tone_pcap
-from wire import Capture, rtp_streams
+from vpbx_testing import services
+from vpbx_testing.peers import callee_keys, caller_keys
+from vpbx_testing.rtp_pcap import dtmf_then_tone_pcap, tone_pcap
+from vpbx_testing.wire import Capture, rtp_streams
 
 from callbackd.machine import Prompt
 from callbackd.prompts import Prompts, wav_seconds

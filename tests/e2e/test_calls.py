@@ -7,7 +7,7 @@ import socket
 
 import pytest
 from conftest import sip_options
-from peers import callee_keys, caller_keys
+from vpbx_testing.peers import callee_keys, caller_keys
 
 from vpbx import model
 

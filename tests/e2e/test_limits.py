@@ -25,18 +25,17 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import health
 import pytest
-import services
 import yaml
 from carrier_uas import RING, CarrierUas
 from conftest import REPO, inventory_dir, sip_options
-from peers import caller_keys
-from rtp_pcap import tone_pcap
 from test_callback import CLIENT_E164, CLIENT_NUMBER, EMPLOYEE_SSRC, far_end_keys
 from test_reload import deploy
 from test_secrets import KAMAILIO_ROUTING_TASK, assert_not_shown, check_diff, task_status
-from wire import Capture
+from vpbx_testing import health, services
+from vpbx_testing.peers import caller_keys
+from vpbx_testing.rtp_pcap import tone_pcap
+from vpbx_testing.wire import Capture
 
 from callbackd import store
 from callbackd.recording import udp_datagrams

@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-import services
-from rtp_pcap import dtmf_then_tone_pcap, tone_pcap
 from test_callback import (
     CLIENT_E164,
     CLIENT_NUMBER,
@@ -27,6 +25,8 @@ from test_callback import (
     far_end_keys,
     trigger,
 )
+from vpbx_testing import services
+from vpbx_testing.rtp_pcap import dtmf_then_tone_pcap, tone_pcap
 
 from callbackd.config import load_settings
 from vpbx import model

@@ -19,14 +19,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import health
 import pytest
-import services
-from peers import callee_keys, caller_keys
-from rtp_pcap import dtmf_then_tone_pcap, tone_pcap
 from test_callback import far_end_keys, media_of
 from test_limits import CDR_FILE, ENGINE_LOG, Cdrs, Tail, wait_until_the_edge_hands_triggers_to_the_engine
-from wire import Capture, rtp_streams
+from vpbx_testing import health, services
+from vpbx_testing.peers import callee_keys, caller_keys
+from vpbx_testing.rtp_pcap import dtmf_then_tone_pcap, tone_pcap
+from vpbx_testing.wire import Capture, rtp_streams
 
 from callbackd import store
 from vpbx import model

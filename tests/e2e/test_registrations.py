@@ -18,15 +18,14 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import health
 import pytest
 import redis
-import services
 from conftest import sip_options
-from peers import callee_keys, caller_keys
-from raw_sip import RawSip, call_as_extension
 from second_edge import second_edge as run_second_edge
 from test_recovery import kill_outright, runs_again, wait_until
+from vpbx_testing import health, services
+from vpbx_testing.peers import callee_keys, caller_keys
+from vpbx_testing.raw_sip import RawSip, call_as_extension
 
 from vpbx import model
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, inventory_dir
-from peers import callee_keys, caller_keys
-from sipp import release
+from vpbx_testing.peers import callee_keys, caller_keys
+from vpbx_testing.sipp import release
 
 KAMAILIO_PIDFILE = Path("/run/kamailio/kamailio.pid")
 PLAYBOOK_TIMEOUT = 900

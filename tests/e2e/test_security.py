@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, RTPENGINE_DEFAULTS, sip_options, untrusted_loopbacks
-from peers import callee_keys, caller_keys
-from raw_sip import RawSip, call_as_extension, listen_udp, received, status_code
+from vpbx_testing.peers import callee_keys, caller_keys
+from vpbx_testing.raw_sip import RawSip, call_as_extension, listen_udp, received, status_code
 
 from callbackd.rtpengine import NgClient
 

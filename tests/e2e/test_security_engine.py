@@ -13,11 +13,11 @@ import socket
 import time
 from pathlib import Path
 
-import health
 import pytest
 from conftest import REPO
-from rtp_pcap import dtmf_then_tone_pcap, tone_pcap
 from test_callback import EMPLOYEE_SSRC, FLOW_TIMEOUT, far_end_keys, media_of, trigger
+from vpbx_testing import health
+from vpbx_testing.rtp_pcap import dtmf_then_tone_pcap, tone_pcap
 
 TRIGGER_SCENARIO = REPO / "tests" / "integration" / "scenarios" / "trigger_uac.xml"
 CDR_FILE = Path("/var/log/vpbx/cdr.jsonl")

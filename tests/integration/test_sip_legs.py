@@ -12,24 +12,17 @@ import concurrent.futures
 import logging
 import queue
 import socket
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from vpbx_testing.sipp import SippRunner, free_udp_port
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-# The e2e suite's SIPp runner: bounded runs, logs kept, reports on failure.
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
-
-from sipp import SippRunner, free_udp_port  # noqa: E402
-
-from callbackd.engine import NOT_DECIDED  # noqa: E402
-from callbackd.sip import Leg, LegHandler, SipEndpoint  # noqa: E402
-from callbackd.trigger import BadTrigger, edge_decision  # noqa: E402
+from callbackd.engine import NOT_DECIDED
+from callbackd.sip import Leg, LegHandler, SipEndpoint
+from callbackd.trigger import BadTrigger, edge_decision
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 # Loopback addresses of this suite only (the deployed PBX owns other 127.x).

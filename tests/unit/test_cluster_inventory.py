@@ -45,3 +45,12 @@ def test_a_trunk_at_a_hosts_address_is_refused(tmp_path):
     trunks = [{"name": "carrier", "address": "10.1.0.2:5080"}]
     with pytest.raises(inventory.InventoryError, match=r"10\.1\.0\.2 is both a host.s and the machine.s"):
         inventory.load(write(tmp_path, hosts, trunks))
+
+
+def test_the_hosts_install_the_runtime_from_the_wheels_the_machine_makes():
+    from cluster import packages
+
+    settings = yaml.safe_load((REPO / "inventories" / "cluster" / "group_vars" / "all.yml").read_text())
+    assert settings["runtime_pip_extra_args"].split() == ["--no-index", "--find-links", str(packages.WHEELS)]
+    # Pinned, each: a host gets the versions the wheel was tested with, or none.
+    assert packages.python_packages() and all("==" in p for p in packages.python_packages())

@@ -5,16 +5,20 @@ import pytest
 
 from vpbx import decide
 from vpbx.decide import (
+    CallOut,
+    Forward,
+    FromEngine,
     FromExtension,
     FromStranger,
     FromTrunk,
     Reject,
+    Ring,
     RingExtension,
     Router,
     RouteScheme,
     TriggerCallback,
 )
-from vpbx.model import ForwardStep, RejectStep, RingStep, load
+from vpbx.model import load
 from vpbx.numbers import normalize
 
 CALLBACK_DID = "+421233000111"  # callback on, default reply code
@@ -25,8 +29,9 @@ LISTED = "+421905111222"
 LISTED_NATIONALLY = "+421905333444"  # written "0905 333 444" in the list
 UNLISTED = "+421905999000"
 
-OFFICE = (RingStep(("100", "101"), 5), ForwardStep("+421233999888"))
-CLOSED = (RejectStep(480),)
+# The schemes' walks: what each step does, the forward step through the first trunk.
+OFFICE = (Ring(0, ("100", "101"), 5000), Forward(1, "sip:+421233999888@127.0.0.5:5080"))
+CLOSED = (Reject(480, "Rejected By Routing"),)
 
 CARRIER = FromTrunk("carrier")
 PHONE = FromExtension("100")
@@ -199,7 +204,7 @@ def validated_decision(router: Router, ruri: str, caller: str | None):
     number = normalize(caller, "SK")
     if cb is not None and cb.enabled and number in router.config.number_lists[cb.list]:
         return TriggerCallback(ruri, number, cb.reject_code)
-    return RouteScheme(ruri, did.routing, router.config.routing_schemes[did.routing])
+    return RouteScheme(ruri, did.routing, OFFICE if did.routing == "office" else CLOSED)
 
 
 @pytest.mark.parametrize("caller", CALLERS)
@@ -213,7 +218,7 @@ def test_a_did_without_a_callback_list_does_not_read_the_caller(router, monkeypa
     def unexpected(*args):
         raise AssertionError("the caller was parsed")
 
-    monkeypatch.setattr(decide, "e164_for_lookup", unexpected)
+    monkeypatch.setattr(decide.Notations, "e164", unexpected)
     assert isinstance(router.decide(CARRIER, ruri, "0905 111 222"), RouteScheme)
 
 
@@ -301,3 +306,32 @@ def test_a_trunk_that_reports_verification_triggers_only_for_verified_callers(ve
 def test_a_trunk_without_verification_triggers_for_every_listed_caller(verified):
     action = attested_router(None).decide(FromTrunk("carrier", verified), CALLBACK_DID, LISTED)
     assert isinstance(action, TriggerCallback)
+
+
+# --- the scheme's walk: which step, what it does, the trunk it leaves by ------------------------------
+
+
+def test_the_walk_gives_each_step_of_the_dids_scheme_then_none(router):
+    assert [router.step(CALLBACK_DID, i) for i in range(3)] == [*OFFICE, None]
+    assert router.step(CLOSED_DID, 0) == CLOSED[0]
+    assert router.step(CLOSED_DID, 1) is None
+
+
+@pytest.mark.parametrize(("did", "index"), [("+421233000999", 0), (None, 0), (CALLBACK_DID, -1)])
+def test_the_walk_of_no_did_or_no_step_is_none(router, did, index):
+    assert router.step(did, index) is None
+
+
+def test_a_forward_step_and_a_call_back_leg_leave_by_the_first_trunk(router):
+    assert router.out_trunk.name == "carrier"
+    assert router.decide(FromEngine(), LISTED, CALLBACK_DID) == CallOut(
+        CALLBACK_DID, LISTED, "sip:+421905111222@127.0.0.5:5080")
+
+
+def test_the_decision_line_names_the_action_and_its_fields(router):
+    assert router.decide(CARRIER, CALLBACK_DID, LISTED).log == (
+        f"TriggerCallback(did={CALLBACK_DID}, caller={LISTED}, reply_code=486)")
+    assert router.decide(CARRIER, CLOSED_DID, LISTED).log == f"RouteScheme(did={CLOSED_DID}, scheme=closed)"
+    assert router.decide(STRANGER, CALLBACK_DID, LISTED).log == "Reject(code=403, reason=Forbidden)"
+    assert FromTrunk("carrier", True).log == "FromTrunk(carrier, verified=True)"
+    assert CARRIER.log == "FromTrunk(carrier)"

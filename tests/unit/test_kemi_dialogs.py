@@ -3,15 +3,10 @@
 The edge signs the Record-Route of every dialog it relays (RouteSigner); an
 in-dialog request is relayed when its Route carries that signature for its
 Call-ID and tags, whichever edge signed it and however often it restarted
-since. The KEMI layer runs against the recording KSR stand-in of
-test_kemi_location.
+since. The KEMI layer runs against the recording KSR stand-in of conftest.py.
 """
 
-import importlib.util
-import sys
-
 import pytest
-from test_kemi_location import SCRIPT, Ksr
 
 KEY = "k" * 64
 CALL_ID = "a84b4c76e66710@pc33.example.com"
@@ -19,21 +14,6 @@ CALLER_TAG = "1928301774"
 CALLEE_TAG = "a6c85cf"
 NOW = 1_800_000_000.0
 LIFETIME = 43200
-
-
-@pytest.fixture
-def ksr(monkeypatch):
-    stand_in = Ksr()
-    monkeypatch.setitem(sys.modules, "KSR", stand_in)
-    return stand_in
-
-
-@pytest.fixture
-def script(ksr):
-    spec = importlib.util.spec_from_file_location("vpbx_router_dialogs_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -167,12 +147,12 @@ def dmq_router(script):
 def test_kdmq_is_taken_from_the_peers_on_the_replication_socket_only(script, ksr, source, socket, method,
                                                                      handled):
     ksr.pvs.update({"$si": source, "$Rn": socket, "$rm": method})
-    assert dmq_router(script).ksr_route_dmq() == script.STOP
+    assert dmq_router(script).ksr_route_dmq(ksr.pvs["$si"], ksr.pvs["$rm"]) == script.STOP
     assert bool(ksr.called("dmq.handle_message")) == handled
     assert not ksr.called("sl.sl_send_reply")
 
 
 def test_sip_on_the_sip_port_is_not_for_dmq(script, ksr):
     ksr.pvs.update({"$si": "192.0.2.7", "$Rn": "", "$rm": "INVITE"})
-    assert dmq_router(script).ksr_route_dmq() == script.GO_ON
+    assert dmq_router(script).ksr_route_dmq(ksr.pvs["$si"], ksr.pvs["$rm"]) == script.GO_ON
     assert not ksr.called("dmq.handle_message")

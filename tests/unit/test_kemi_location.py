@@ -1,82 +1,22 @@
 """The KEMI router's side of the shared state: registrations in the location store, triggers
 hashed by the employee.
 
-The script runs with a stand-in for Kamailio's KSR module that records every
-call it gets, in order, and answers what a test tells it to (the registrar's
-save, the store's PING, the bindings of an extension).
+The script runs with the recording KSR stand-in of conftest.py.
 """
 
-import importlib.util
 import re
-import sys
 import types
 from pathlib import Path
 
 import pytest
 
 from vpbx import decide
+from vpbx.loglimit import LogLimiter
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "kemi" / "vpbx_router.py"
 KAMAILIO_CFG = REPO / "roles" / "kamailio" / "templates" / "etc" / "kamailio" / "kamailio.cfg.j2"
 STORE = "redis://127.0.0.1:6379/1"
 PHONE = "127.0.0.10"
-
-
-class Module:
-    """One KSR submodule: every function call is recorded; answers come from the stand-in."""
-
-    def __init__(self, ksr, name):
-        self._ksr, self._name = ksr, name
-
-    def __getattr__(self, function):
-        def call(*args):
-            name = f"{self._name}.{function}" if self._name else function
-            self._ksr.calls.append((name, args))
-            answer = self._ksr.answers.get(name, 1)
-            return answer(*args) if callable(answer) else answer
-        return call
-
-
-class Ksr(types.ModuleType):
-    def __init__(self):
-        super().__init__("KSR")
-        self.calls: list[tuple[str, tuple]] = []
-        self.answers: dict[str, object] = {}
-        self.pvs: dict[str, object] = {}
-        self.answers["pv.get"] = lambda name: self.pvs.get(name)
-        self.answers["htable.sht_get"] = lambda table, key: None
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return Module(self, name) if name in SUBMODULES else Module(self, "").__getattr__(name)
-
-    def called(self, name):
-        return [args for called, args in self.calls if called == name]
-
-    def logged(self):
-        return "".join(args[0] for called, args in self.calls
-                       if called in ("info", "notice", "err") and args)
-
-
-SUBMODULES = {"pv", "sl", "tm", "rr", "hdr", "htable", "registrar", "ndb_redis", "dispatcher",
-              "nathelper", "auth", "textops", "rtpengine", "dialog", "siputils", "pike", "kx", "dmq"}
-
-
-@pytest.fixture
-def ksr(monkeypatch):
-    stand_in = Ksr()
-    monkeypatch.setitem(sys.modules, "KSR", stand_in)
-    return stand_in
-
-
-@pytest.fixture
-def script(ksr):
-    spec = importlib.util.spec_from_file_location("vpbx_router_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def router(script, store=STORE, extensions=("100", "101")):
@@ -85,6 +25,7 @@ def router(script, store=STORE, extensions=("100", "101")):
     r = script.VpbxRouter.__new__(script.VpbxRouter)
     r.edge = edge
     r.signer = script.RouteSigner("k" * 64, 43200)
+    r.memory = script.MemoryGuard(0, 5, LogLimiter())
     r.location_store_down = False
     r.realm = "127.0.0.1"
     r.decide = decide

@@ -4,7 +4,8 @@ import ast
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[2] / "kemi" / "vpbx_router.py"
-ROUTE_CONSTANTS = ("FAILURE_ROUTE", "ONREPLY_ROUTE", "BRANCH_ROUTE", "TRIGGER_BRANCH_ROUTE")
+ROUTE_CONSTANTS = ("FAILURE_ROUTE", "ONREPLY_ROUTE", "BRANCH_ROUTE", "TRIGGER_BRANCH_ROUTE", "XHTTP_EVENT")
+ROLE = SCRIPT.parents[1] / "roles" / "kamailio"
 HANDLERS = ("VpbxRouter", "Unavailable")
 
 
@@ -35,3 +36,12 @@ def test_route_names_are_only_handed_over_through_the_constants():
     for call in ast.walk(parsed()):
         if isinstance(call, ast.Call) and getattr(call.func, "attr", "").startswith("t_on_"):
             assert all(isinstance(arg, ast.Name) for arg in call.args), ast.unparse(call)
+
+
+def test_kamailio_cfg_names_the_script_s_http_handler_metrics_socket_and_counters():
+    names = constants(parsed())
+    cfg = (ROLE / "templates" / "etc" / "kamailio" / "kamailio.cfg.j2").read_text()
+    assert f'modparam("xhttp", "event_callback", "{names["XHTTP_EVENT"]}")' in cfg
+    assert f"__kamailio_metrics_socket: {names['METRICS_SOCKET']}" in (ROLE / "vars" / "main.yml").read_text()
+    for counter in ("DECISIONS_METRIC", "BANS_METRIC"):
+        assert f'"prom_counter", "name={names[counter]};' in cfg

@@ -1,15 +1,13 @@
 """A Kamailio worker loads a replaced routing.json on its next request; a bad file changes nothing.
 
-The KEMI script runs here with a stand-in for Kamailio's KSR module that
-records the log lines; routing.json is written the way Ansible writes it
-(a new file renamed over the old one).
+The KEMI script runs here with the recording KSR stand-in of conftest.py;
+routing.json is written the way Ansible writes it (a new file renamed over
+the old one).
 """
 
-import importlib.util
 import json
 import os
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -19,37 +17,13 @@ from vpbx import decide, model
 from vpbx.routing_file import RoutingFile
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "kemi" / "vpbx_router.py"
 LAB_VARS = REPO / "inventories" / "lab" / "group_vars" / "all.yml"
 NEWCOMER = "+421905777888"
 
 
-class Ksr(types.ModuleType):
-    def __init__(self):
-        super().__init__("KSR")
-        self.lines: list[tuple[str, str]] = []
-
-    def info(self, text):
-        self.lines.append(("info", text))
-
-    def err(self, text):
-        self.lines.append(("err", text))
-
-
-@pytest.fixture
-def ksr(monkeypatch):
-    stand_in = Ksr()
-    monkeypatch.setitem(sys.modules, "KSR", stand_in)
-    return stand_in
-
-
-@pytest.fixture
-def script(ksr, tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("vpbx_router_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(module, "ROUTING_FILE", tmp_path / "routing.json")
-    return module
+@pytest.fixture(autouse=True)
+def routing_here(script, tmp_path, monkeypatch):
+    monkeypatch.setattr(script, "ROUTING_FILE", tmp_path / "routing.json")
 
 
 def lab_variables() -> dict:
@@ -99,7 +73,7 @@ def test_a_replaced_routing_file_applies_on_the_next_request(script, ksr):
     router.refresh_routing()
 
     assert newcomer_is_listed(router, did)
-    assert sum("routing loaded" in text for _, text in ksr.lines) == 2
+    assert ksr.logged("info").count("routing loaded") == 2
 
 
 def test_an_unchanged_file_is_not_loaded_again(script, ksr):
@@ -109,7 +83,7 @@ def test_an_unchanged_file_is_not_loaded_again(script, ksr):
     for _ in range(3):
         router.refresh_routing()
     assert router.router is before
-    assert sum("routing loaded" in text for _, text in ksr.lines) == 1
+    assert ksr.logged("info").count("routing loaded") == 1
 
 
 def test_a_bad_file_keeps_the_routing_in_use_and_is_reported_once(script, ksr):
@@ -123,7 +97,7 @@ def test_a_bad_file_keeps_the_routing_in_use_and_is_reported_once(script, ksr):
     for _ in range(3):
         router.refresh_routing()
     assert router.router is before
-    errors = [text for level, text in ksr.lines if level == "err"]
+    errors = [text for text, in ksr.called("err")]
     assert len(errors) == 1 and "keeping the routing in use" in errors[0]
 
     did, listed = callback_did_and_list(variables)
@@ -143,16 +117,23 @@ def test_a_missing_file_keeps_the_routing_in_use(script):
 
 
 @pytest.mark.parametrize("handler", ["ksr_failure_manage", "ksr_branch_manage", "ksr_onreply_manage"])
-def test_every_event_route_looks_for_a_replaced_routing_file_first(script, handler):
+def test_every_event_route_looks_for_a_replaced_routing_file_first(script, ksr, handler):
     # A failure route may run in the timer process, which takes no requests:
     # it must not act on a scheme older than the file in place.
     render(script.ROUTING_FILE, lab_variables())
     router = worker(script)
-    seen = []
-    router.refresh_routing = lambda: seen.append(handler)
-    with pytest.raises(AttributeError):  # the stand-in KSR has nothing more to offer
+    calls_before = len(ksr.calls)
+
+    class Refreshed(Exception):
+        pass
+
+    def refresh():
+        raise Refreshed
+
+    router.refresh_routing = refresh
+    with pytest.raises(Refreshed):
         getattr(router, handler)(None)
-    assert seen == [handler]
+    assert ksr.calls[calls_before:] == []
 
 
 def test_trunks_engines_and_the_pbx_are_not_phones_and_trunks_are_never_banned(script):
@@ -170,3 +151,21 @@ def test_scanner_user_agents_match_in_any_case(script):
     edge = script.EdgeSettings(scanner_user_agents=["friendly-scanner", "sipvicious"])
     assert edge.scanner.search("SIPVicious 0.3.4") and edge.scanner.search("friendly-scanner")
     assert not edge.scanner.search("Linphone/5.2") and script.EdgeSettings().scanner is None
+
+
+def test_new_router_code_is_every_module_of_the_vpbx_package_executed_anew(script):
+    # app_python's reload re-runs the script only: the package's modules,
+    # whichever there are, must not be the ones the worker cached.
+    kept = {name: module for name, module in sys.modules.items() if name.split(".")[0] == "vpbx"}
+    try:
+        decide_before = script._fresh_vpbx()[0]
+        import vpbx.numbers as numbers_before
+
+        decide_after, model_after, routing_file_after = script._fresh_vpbx()
+        assert decide_after is not decide_before
+        assert sys.modules["vpbx.numbers"] is not numbers_before
+        assert (model_after.__name__, routing_file_after.__name__) == ("vpbx.model", "vpbx.routing_file")
+    finally:
+        for name in [n for n in sys.modules if n.split(".")[0] == "vpbx"]:
+            del sys.modules[name]
+        sys.modules.update(kept)

@@ -2,7 +2,7 @@
 
 import logging
 
-from callbackd.loglimit import LogLimiter
+from vpbx.loglimit import LogLimiter
 
 
 class Clock:

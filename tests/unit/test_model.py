@@ -6,12 +6,14 @@ import pytest
 import yaml
 
 from vpbx.model import (
+    ERRORS_LISTED,
     Callback,
     ForwardStep,
     InventoryError,
     RejectStep,
     RingStep,
     dump,
+    error_listing,
     load,
 )
 
@@ -622,3 +624,57 @@ def test_a_pin_written_unquoted_is_reported_without_its_value(inventory, pin):
 def test_the_pin_is_not_in_the_callbacks_repr(inventory):
     set_callback(inventory, pin="975310")
     assert "975310" not in repr(load(inventory))
+
+
+# -- a refusal of a large list: the first errors, then a count of the rest ----
+
+
+def test_a_refusal_lists_the_first_errors_and_counts_the_rest(inventory):
+    # Numbers +4210...: Slovakia assigns none of them.
+    inventory["vpbx_number_lists"][0]["numbers"] += [f"+4210{n:08d}" for n in range(5000)]
+    with pytest.raises(InventoryError) as raised:
+        load(inventory)
+    assert len(raised.value.errors) == 5000
+    lines = str(raised.value).splitlines()
+    assert len(lines) == ERRORS_LISTED + 1
+    assert lines[0].startswith("vpbx_number_lists[0].numbers[2]: '+421000000000'")
+    assert lines[ERRORS_LISTED - 1].startswith(f"vpbx_number_lists[0].numbers[{ERRORS_LISTED + 1}]: ")
+    assert lines[-1] == f"... and {5000 - ERRORS_LISTED} more errors (5000 in all)"
+
+
+def test_a_listing_of_few_errors_is_all_of_them():
+    errors = [f"vpbx_numbers[{i}].routing: no routing scheme" for i in range(3)]
+    assert error_listing(errors, limit=3) == errors
+    assert error_listing([]) == []
+
+
+def test_one_error_over_the_limit_is_counted_as_one():
+    errors = [f"vpbx_numbers[{i}].number: bad" for i in range(3)]
+    assert error_listing(errors, limit=2) == [*errors[:2], "... and 1 more error (3 in all)"]
+
+
+def test_errors_of_different_keys_keep_their_order_in_the_listing(inventory):
+    inventory["vpbx_number_lists"][0]["numbers"] += ["+421000000001"] * 30
+    inventory["vpbx_numbers"][1]["routing"] = "closd"
+    with pytest.raises(InventoryError) as raised:
+        load(inventory)
+    lines = str(raised.value).splitlines()
+    # The errors come in the order of the inventory: the lists' before the DIDs'.
+    assert all(line.startswith("vpbx_number_lists[0].numbers[") for line in lines[:ERRORS_LISTED])
+    assert lines[-1] == f"... and {31 - ERRORS_LISTED} more errors (31 in all)"
+
+
+# Ansible's argument spec leaves vpbx_number_lists to vpbx.model (a 100k list
+# would cost seconds there): its types are refused here, each by its key.
+@pytest.mark.parametrize(("value", "path", "says"), [
+    ("sales", "vpbx_number_lists", "must be a list"),
+    (["sales"], "vpbx_number_lists[0]", "must be a mapping"),
+    ([{"name": "sales", "numbers": "+421905111222"}], "vpbx_number_lists[0].numbers", "must be a list"),
+    ([{"name": "sales", "numbers": [{"n": 1}]}], "vpbx_number_lists[0].numbers[0]", "as a string"),
+    ([{"name": ["sales"], "numbers": []}], "vpbx_number_lists[0].name", "non-empty string"),
+])
+def test_a_number_list_of_the_wrong_type_is_reported_by_its_key(inventory, value, path, says):
+    inventory["vpbx_number_lists"] = value
+    for number in inventory["vpbx_numbers"]:
+        number.pop("callback", None)
+    assert_reported(errors_of(inventory), path, says)

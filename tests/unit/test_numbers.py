@@ -2,9 +2,10 @@
 
 import re
 
+import phonenumbers
 import pytest
 
-from vpbx.numbers import InvalidNumber, e164_for_lookup, normalize, to_e164
+from vpbx.numbers import InvalidNumber, Notations, normalize, to_e164
 
 MOBILE = "+421905123456"
 NOTATIONS = [
@@ -76,18 +77,45 @@ def test_national_digits_that_are_no_number_in_the_default_country_are_refused()
 
 # --- the look-up form: read the same way, not checked against the numbering plan ------------------
 
+SK = Notations("SK")
+
 
 @pytest.mark.parametrize("written", NOTATIONS)
 def test_the_look_up_form_of_a_number_in_any_notation_is_its_e164_form(written):
-    assert e164_for_lookup(written, "SK") == MOBILE
+    assert SK.e164(written) == MOBILE
 
 
 @pytest.mark.parametrize("raw", ["", None, "abc", "anonymous", "+1", "tel:", "0905 12x"])
 def test_what_is_not_a_number_has_no_look_up_form(raw):
-    assert e164_for_lookup(raw, "SK") is None
+    assert SK.e164(raw) is None
 
 
 def test_a_number_the_plan_does_not_assign_still_has_a_look_up_form():
     # Looked up among validated numbers it is simply not found.
     assert normalize("0905 123 4567", "SK") is None
-    assert e164_for_lookup("0905 123 4567", "SK") == "+4219051234567"
+    assert SK.e164("0905 123 4567") == "+4219051234567"
+
+
+MORE = ["905123456", "+421 905 123 456", "0905 123 4567", "+420601123456"]
+
+
+@pytest.mark.parametrize("written", [*NOTATIONS, *MORE])
+def test_the_look_up_form_is_what_phonenumbers_reads_without_parsing(monkeypatch, written):
+    text = written.strip().removeprefix("tel:").split(";")[0]
+    reference = phonenumbers.format_number(phonenumbers.parse(text, "SK"), 0)  # 0: E.164
+
+    def unexpected(*args, **kwargs):
+        raise AssertionError("phonenumbers parsed a number on the look-up path")
+
+    monkeypatch.setattr(phonenumbers, "parse", unexpected)
+    assert SK.e164(written) == reference
+
+
+@pytest.mark.parametrize(("country", "written", "e164"), [
+    ("CZ", "00420601123456", "+420601123456"),
+    ("CZ", "601123456", "+420601123456"),  # no trunk prefix in the Czech plan
+    ("DE", "030 1234567", "+49301234567"),
+    ("DE", "+49030 1234567", "+49301234567"),
+])
+def test_the_look_up_form_follows_the_default_countrys_prefixes(country, written, e164):
+    assert Notations(country).e164(written) == e164

@@ -34,7 +34,7 @@ def yaml_files(role: Path) -> list[Path]:
 
 
 def role_variables(role: Path) -> dict:
-    variables: dict = {"vpbx_runtime_prefix": "/opt/vpbx"}
+    variables: dict = {"runtime_prefix": "/opt/vpbx"}
     for part in ("defaults", "vars"):
         path = role / part / "main.yml"
         if path.is_file():
@@ -79,11 +79,23 @@ def program(service: dict) -> configparser.SectionProxy:
 
 
 def test_only_the_service_manager_role_knows_what_runs_services():
-    for name in (*SERVICE_ROLES, "vpbx_runtime", "logrotate"):
-        for path in yaml_files(ROLES / name):
+    for role in sorted(p for p in ROLES.iterdir() if p != MANAGER):
+        for path in yaml_files(role):
             text = path.read_text()
             for way in OTHER_WAYS:
                 assert way not in text, f"{path.relative_to(REPO)} uses {way}"
+
+
+def test_tests_and_benches_read_the_manager_the_role_recorded():
+    from vpbx_testing import services
+
+    defaults = yaml.safe_load((MANAGER / "defaults" / "main.yml").read_text())
+    assert str(services.RECORD) == defaults["service_manager_record"]
+    code = [p for folder in ("tests", "bench", "cluster") for p in (REPO / folder).rglob("*.py")]
+    for path in code:
+        if path != Path(__file__):
+            for way in ("ansible_service_mgr", "/run/systemd/system", "sd_booted"):
+                assert way not in path.read_text(), f"{path.relative_to(REPO)} finds the manager again: {way}"
 
 
 def test_tests_and_benches_stop_services_through_the_manager_not_init_scripts():

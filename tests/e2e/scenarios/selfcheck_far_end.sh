@@ -3,9 +3,10 @@
 # carrier_call_*.xml callers) play the PBX calling the employee, then the
 # client, on loopback addresses no lab part uses. Checks the roles and what
 # they logged, the INFO digits that arrive, and, on a capture made with
-# wire.py, the RTP the far end plays from pcaps written by rtp_pcap.py: the
-# SSRC per call, the destination (each call's SDP), the telephone events in
-# order (read by wire.py and by tshark) and the A-law tone. Pairs that must
+# vpbx_testing.wire, the RTP the far end plays from pcaps written by
+# vpbx_testing.rtp_pcap: the SSRC per call, the destination (each call's
+# SDP), the telephone events in order (read by vpbx_testing.wire and by
+# tshark) and the A-law tone. Pairs that must
 # fail prove the checks bite. Exits non-zero if any case ends otherwise than
 # expected. Run it as root (SIPp plays pcaps on a raw socket; tshark captures).
 #
@@ -17,20 +18,20 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../../.." && pwd)
 logs=${SELFCHECK_LOGS:-$(mktemp -d -t vpbx-far-end-selfcheck.XXXXXX)}
 mkdir -p "$logs"
+# The project's virtualenv: vpbx_testing and callbackd are installed in it.
 python=${VPBX_PYTHON:-$repo/.venv/bin/python}
-[[ -x $python ]] || python=python3
 
 echo "far_end.xml selfcheck, logs in $logs"
-SELFCHECK_LOGS=$logs PYTHONPATH="$here/..:$repo${PYTHONPATH:+:$PYTHONPATH}" exec "$python" - <<'PY'
+SELFCHECK_LOGS=$logs exec "$python" - <<'PY'
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from rtp_pcap import PACKET_SAMPLES, dtmf_then_tone_pcap, empty_pcap, tone_pcap
-from sipp import NO_HEADER, SCENARIOS, SippError, SippRunner
-from wire import Capture, rtp_packets, rtp_streams, telephone_events
+from vpbx_testing.rtp_pcap import PACKET_SAMPLES, dtmf_then_tone_pcap, empty_pcap, tone_pcap
+from vpbx_testing.sipp import NO_HEADER, SCENARIOS, SippError, SippRunner
+from vpbx_testing.wire import Capture, rtp_packets, rtp_streams, telephone_events
 
 from callbackd.recording import alaw_to_linear
 

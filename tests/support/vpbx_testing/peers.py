@@ -1,6 +1,6 @@
 """The keys of the SIPp scenarios, built the same way by every test."""
 
-from sipp import G711A_PCAP, NO_HEADER
+from vpbx_testing.sipp import G711A_PCAP, NO_HEADER
 
 
 def caller_keys(did: str, caller: str, *, hangup: str = "local", header: str = NO_HEADER) -> dict:

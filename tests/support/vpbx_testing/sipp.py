@@ -24,7 +24,9 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
-SCENARIOS = Path(__file__).parent / "scenarios"
+from vpbx_testing import REPO
+
+SCENARIOS = REPO / "tests" / "e2e" / "scenarios"
 SIPP = os.environ.get("VPBX_SIPP", "sipp")
 PCAP_DIR = Path("/usr/share/sip-tester")
 G711A_PCAP = PCAP_DIR / "g711a.pcap"
@@ -188,25 +190,14 @@ class SippRunner:
             time.sleep(0.02)
         return sipp
 
-    def run_uac(
-        self,
-        scenario: str | Path,
-        ip: str,
-        remote: str,
-        keys: Mapping[str, object],
-        *,
-        port: int | None = None,
-        calls: int = 1,
-        timeout: float | None = None,
-        extra: list[str] | None = None,
-        check: bool = True,
-    ) -> Sipp:
-        """Place the call(s) from ip (a free port unless given) to remote and wait for the end.
+    def run_uac(self, scenario: str | Path, ip: str, remote: str, keys: Mapping[str, object], *,
+                check: bool = True, **options) -> Sipp:
+        """Place the call(s) from ip (a free port unless given) to remote and wait for the end;
+        `options` as start_uac's (port, calls, timeout, extra).
 
         With check (the default) a failed scenario raises SippError with the logs.
         """
-        sipp = self.start_uac(scenario, ip, remote, keys, port=port, calls=calls,
-                              timeout=timeout, extra=extra)
+        sipp = self.start_uac(scenario, ip, remote, keys, **options)
         if check:
             sipp.expect_success()
         else:

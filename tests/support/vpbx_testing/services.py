@@ -1,9 +1,9 @@
 """The deployed services, through whatever runs them on this host.
 
 The roles (service_manager) run every service under systemd where it manages
-services (sd_booted(3): /run/systemd/system exists) and under Debian's
-supervisord elsewhere, with one name for both: the systemd unit is the
-supervisord program. Tests and benches stop, start and find a service here,
+services and under Debian's supervisord elsewhere, with one name for both:
+the systemd unit is the supervisord program. Which one runs them here is
+what the role found and recorded, not found again. Tests and benches stop, start and find a service here,
 never with `service` (an init script would start a second instance beside
 the managed one).
 
@@ -19,7 +19,8 @@ import subprocess
 import xmlrpc.client
 from pathlib import Path
 
-SYSTEMD_DIR = Path("/run/systemd/system")
+# What the service_manager role found on this host (service_manager_record).
+RECORD = Path("/etc/vpbx/service-manager")
 # supervisord's control socket, as Debian's /etc/supervisor/supervisord.conf sets it.
 SUPERVISOR_SOCKET = "/var/run/supervisor.sock"
 # The names the roles give the services.
@@ -35,8 +36,8 @@ COMMAND_TIMEOUT = 60
 
 
 def manager() -> str:
-    """"systemd" or "supervisor", as the service_manager role finds it."""
-    return "systemd" if SYSTEMD_DIR.is_dir() else "supervisor"
+    """"systemd" or "supervisor", as the service_manager role found it."""
+    return RECORD.read_text().strip()
 
 
 class _UnixConnection(http.client.HTTPConnection):

@@ -14,11 +14,11 @@ import uuid
 from pathlib import Path
 
 import yaml
-from conftest import REPO, sip_options
-from raw_sip import RawSip
 
 from callbackd.rtpengine import NgClient, NgError, NgTimeout
 from vpbx import model
+from vpbx_testing import REPO
+from vpbx_testing.raw_sip import RawSip, sip_options
 
 KAMAILIO_DEFAULTS = REPO / "roles" / "kamailio" / "defaults" / "main.yml"
 PROBE_WAIT = 0.5

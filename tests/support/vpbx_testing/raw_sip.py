@@ -21,6 +21,9 @@ from vpbx import model
 # How long to wait for the answer to one request: generous, a busy machine
 # answers late; an answer that never comes is what some tests want to see.
 ANSWER_WAIT_S = 3.0
+# An OPTIONS probe: how often it is sent, and how long each answer is waited for.
+OPTIONS_TRIES = 3
+OPTIONS_WAIT = 1.0
 CHALLENGE = re.compile(r"^(?:WWW|Proxy)-Authenticate:\s*Digest\s+(.*)$", re.IGNORECASE | re.MULTILINE)
 PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^,\s]+))')
 
@@ -194,3 +197,37 @@ def received(sock: socket.socket, wait: float) -> list[str]:
         except TimeoutError:
             break
     return got
+
+
+def sip_options(target: model.HostPort, source_ip: str, tries: int = OPTIONS_TRIES,
+                wait: float = OPTIONS_WAIT) -> str | None:
+    """Send OPTIONS from source_ip (`tries` times, `wait` s each); the status line of the answer,
+    or None if nothing answers."""
+    call_id = uuid.uuid4().hex
+    family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.bind((source_ip if family == socket.AF_INET else "::1", 0))
+        sock.settimeout(wait)
+        here = sock.getsockname()
+        local = f"[{here[0]}]:{here[1]}" if family == socket.AF_INET6 else f"{here[0]}:{here[1]}"
+        request = (
+            f"OPTIONS sip:{target} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {local};branch=z9hG4bK{call_id[:16]};rport\r\n"
+            f"From: <sip:e2e-probe@{local}>;tag={call_id[16:]}\r\n"
+            f"To: <sip:{target}>\r\n"
+            f"Call-ID: {call_id}\r\n"
+            "CSeq: 1 OPTIONS\r\n"
+            "Max-Forwards: 70\r\n"
+            "Content-Length: 0\r\n\r\n"
+        ).encode()
+        for _ in range(tries):
+            sock.sendto(request, (target.host, target.port))
+            try:
+                while True:
+                    data = sock.recv(65535).decode(errors="replace")
+                    # Only an answer to this very request counts.
+                    if data.startswith("SIP/2.0 ") and call_id in data:
+                        return data.split("\r\n", 1)[0]
+            except TimeoutError:
+                continue
+    return None
