@@ -8,6 +8,7 @@ answers SIP, the tests are skipped, or fail when VPBX_E2E_REQUIRED=1 (CI).
 
 import ipaddress
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -217,3 +218,19 @@ def ring_step(scheme) -> model.RingStep:
     if not isinstance(scheme[0], model.RingStep):
         pytest.skip("the callback DID's scheme does not start by ringing extensions")
     return scheme[0]
+
+
+@pytest.fixture
+def edited_inventory(tmp_path, callback_did, unlisted_caller):
+    """A copy of the deployed inventory whose callback list also holds `unlisted_caller`."""
+    copy = tmp_path / "inventory"
+    shutil.copytree(inventory_dir(), copy)
+    for path in sorted((copy / "group_vars").rglob("*.yml")):
+        variables = yaml.safe_load(path.read_text()) or {}
+        for number_list in variables.get("vpbx_number_lists", []):
+            if number_list["name"] == callback_did.callback.list:
+                number_list["numbers"].append(unlisted_caller)
+                path.write_text(yaml.safe_dump(variables, sort_keys=False))
+                yield copy
+                return
+    raise AssertionError(f"list {callback_did.callback.list} not found under {copy}")

@@ -10,16 +10,14 @@ changes. How long `make lists` takes is measured in bench/lists.py.
 
 import os
 import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import REPO, inventory_dir
-from test_reload import edited_inventory  # noqa: F401 (a fixture: the list also holds unlisted_caller)
+from list_change import call_held_through
 from vpbx_testing import services
 from vpbx_testing.peers import callee_keys, caller_keys
-from vpbx_testing.sipp import release
 
 KAMAILIO_ROUTING = Path("/etc/kamailio/vpbx/routing.json")
 LISTS_TIMEOUT = 600
@@ -43,34 +41,17 @@ def pids() -> dict[str, int | None]:
 
 def test_a_number_added_by_make_lists_is_called_back_while_a_call_stays_up(
     sipp, pbx_address, carrier_ip, trunk_port, callback_did, unlisted_caller, forward_number,
-    edited_inventory,  # noqa: F811
+    edited_inventory,
 ):
     before = pids()
-    # A call in progress, forwarded out through the trunk by the DID's scheme;
-    # the far end holds it until the test releases it, after make lists.
-    call_id = f"lists-{uuid.uuid4().hex}"
-    far_end = sipp.start_uas("callee.xml", carrier_ip, trunk_port,
-                             callee_keys("answer", user=forward_number, hangup="signal"),
-                             timeout=HELD_CALL_LIMIT_S)
-    call = sipp.start_uac("carrier_call.xml", carrier_ip, str(pbx_address),
-                          caller_keys(callback_did.number, unlisted_caller, hangup="remote"),
-                          timeout=HELD_CALL_LIMIT_S, extra=["-cid_str", call_id])
-    call.wait_for_log("answered", timeout=30)
-    try:
+
+    def apply() -> None:
         lists_succeed(edited_inventory)
         assert pids() == before, "a service was restarted"
-        assert call.returncode is None and far_end.returncode is None, "the call ended during make lists"
-        release((carrier_ip, trunk_port), call_id)
-        far_end.expect_success(timeout=60)
-        call.expect_success(timeout=60)
-        # Right after: the newly listed caller's trigger is refused and its mobile rung back.
-        employee = sipp.start_uas("callee.xml", carrier_ip, trunk_port,
-                                  callee_keys("answer", user=unlisted_caller, caller=callback_did.number),
-                                  timeout=40)
-        keys = caller_keys(callback_did.number, unlisted_caller)
-        keys["code"] = callback_did.callback.reject_code
-        sipp.run_uac("carrier_call_rejected.xml", carrier_ip, str(pbx_address), keys, timeout=25)
-        employee.expect_success()
+
+    try:
+        call_held_through(apply, HELD_CALL_LIMIT_S, sipp, pbx_address, carrier_ip, trunk_port, callback_did,
+                          unlisted_caller, forward_number)
     finally:
         lists_succeed(inventory_dir())
     # Off the list again: the same caller is routed by the scheme, forwarded out.
@@ -83,7 +64,7 @@ def test_a_number_added_by_make_lists_is_called_back_while_a_call_stays_up(
 
 
 @pytest.fixture
-def broken_inventory(edited_inventory, callback_did):  # noqa: F811
+def broken_inventory(edited_inventory, callback_did):
     """The edited copy with two numbers the numbering plan does not assign added to the list."""
     for path in sorted((edited_inventory / "group_vars").rglob("*.yml")):
         variables = yaml.safe_load(path.read_text()) or {}
