@@ -48,7 +48,7 @@ from lab import (
     wait_until_quiet,
 )
 from second_edge import second_edge
-from sipp import NO_HEADER, SippRunner
+from vpbx_testing.sipp import NO_HEADER, SippRunner
 
 from vpbx import model
 

@@ -3,15 +3,20 @@
 A second edge (second_edge: the deployed kamailio.cfg and KEMI router, on a
 loopback address of its own) runs with a small shared memory on purpose, and
 the carrier, a trunk that pike never bans, floods it with INVITEs to a closed
-DID: each becomes a tm transaction, which lives in shared memory until its
-ACK and tm's wait timer, so memory runs short within seconds. Every INVITE
+DID. The router answers a scheme that only refuses statelessly, so the second
+edge runs its own copy of the routing data in which the closed scheme first
+rings an extension nobody registers in this test, then refuses: each INVITE
+becomes a tm transaction, which lives in shared memory until its ACK and tm's
+wait timer, so memory runs short within seconds. Every INVITE
 must get a final answer, the scheme's 480 or a 503 with Retry-After from the
 KEMI router's MemoryGuard, and Kamailio must never have run out (tm's
 "out of mem"). Once the flood's transactions have ended, a forwarded call
 from the carrier goes through the same edge.
 """
 
+import json
 import re
+import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -19,15 +24,18 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
-from peers import callee_keys, caller_keys
 from second_edge import second_edge
-from sipp import NO_HEADER
 from test_recovery import wait_until
+from vpbx_testing.peers import callee_keys, caller_keys
+from vpbx_testing.sipp import NO_HEADER
 
 from vpbx import model
 
 KAMAILIO_DEFAULTS = yaml.safe_load((REPO / "roles" / "kamailio" / "defaults" / "main.yml").read_text())
 KAMAILIO_LOG = Path(KAMAILIO_DEFAULTS["kamailio_log_file"])
+KEMI_DIR = Path(KAMAILIO_DEFAULTS["kamailio_kemi_dir"])
+# Rung before the closed scheme refuses; the tests unregister every phone when they end.
+UNREGISTERED_EXTENSION = "100"
 RETRY_AFTER = KAMAILIO_DEFAULTS["kamailio_overload_retry_after"]
 RESERVE_PERCENT = KAMAILIO_DEFAULTS["kamailio_shm_reserve"]
 # Small on purpose: a few seconds of the flood's transactions fill it. Not much
@@ -54,6 +62,19 @@ def closed_did(lab: model.Config) -> model.Did:
     pytest.skip("the inventory has no DID whose scheme starts with reject 480")
 
 
+def stateful_refusal(workdir: Path, closed: model.Did) -> dict[str, str]:
+    """A copy of the KEMI router's directory whose scheme of `closed` rings an extension first,
+    so that its refusal comes from a transaction; second_edge's replacements that load it."""
+    copy = workdir / "kemi"
+    shutil.copytree(KEMI_DIR, copy)
+    routing = json.loads((copy / "routing.json").read_text())
+    for scheme in routing["vpbx_routing_schemes"]:
+        if scheme["name"] == closed.routing:
+            scheme["steps"].insert(0, {"ring": [UNREGISTERED_EXTENSION], "timeout": 5})
+    (copy / "routing.json").write_text(json.dumps(routing))
+    return {f"{KEMI_DIR}/vpbx_router.py": f"{copy}/vpbx_router.py"}
+
+
 def shm_free_mb(ctl: str) -> float:
     out = subprocess.run(["kamcmd", "-s", ctl, "core.shmmem"], capture_output=True, text=True,
                          check=True, timeout=10).stdout
@@ -65,7 +86,8 @@ def test_a_flood_beyond_memory_gets_503s_not_silence_and_the_next_call_goes_thro
     forward_number, tmp_path,
 ):
     log_start = KAMAILIO_LOG.stat().st_size
-    with second_edge(pbx_address, tmp_path, shm_mb=SMALL_SHM_MB) as (edge, ctl):
+    with second_edge(pbx_address, tmp_path, replace=stateful_refusal(tmp_path, closed_did),
+                     shm_mb=SMALL_SHM_MB) as (edge, ctl):
         calls = FLOOD_RATE * FLOOD_SECONDS
         flood = sipp.run_uac("carrier_flood.xml", carrier_ip, str(edge),
                              {"did": closed_did.number, "caller": unlisted_caller,
