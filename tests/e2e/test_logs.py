@@ -13,6 +13,7 @@ import os
 import subprocess
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -143,7 +144,8 @@ def test_every_cdr_of_callbacks_ended_while_the_file_rotates_is_there_once_and_w
     assert rotator.runs > 1
 
     ours = [r for r in every_cdr(settings.cdr_file)
-            if r.get("trigger_at", 0) >= started and r.get("did") == callback_did.number]
+            if r.get("did") == callback_did.number
+            and datetime.fromisoformat(r["trigger_at"]).timestamp() >= started]
     ids = [r["id"] for r in ours]
     assert len(ids) == ROUNDS, ours
     assert len(set(ids)) == len(ids), f"a CDR written twice: {ids}"
