@@ -32,9 +32,6 @@ from collections import Counter
 from pathlib import Path
 
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
-
 from lab import (
     LAB,
     REPO,
@@ -47,7 +44,7 @@ from lab import (
     say,
     wait_until_quiet,
 )
-from second_edge import second_edge
+from vpbx_testing.second_edge import second_edge
 from vpbx_testing.sipp import NO_HEADER, SippRunner
 
 from vpbx import model

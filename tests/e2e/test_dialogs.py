@@ -15,11 +15,11 @@ The waits end when what they wait for happens; their limits only bound a failure
 import uuid
 
 import pytest
-from test_recovery import wait_until
 from test_registrations import RESTARTS, restart_kamailio
 from vpbx_testing.peers import callee_keys, caller_keys
 from vpbx_testing.raw_sip import RawSip, status_code
 from vpbx_testing.sipp import free_udp_port, release
+from vpbx_testing.waiting import wait_until
 
 # SIPp's own limit for the held call: only a bound for a failure.
 HELD_CALL_LIMIT_S = 300

@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
-from second_edge import second_edge
-from test_recovery import wait_until
 from vpbx_testing.peers import callee_keys, caller_keys
+from vpbx_testing.second_edge import second_edge
 from vpbx_testing.sipp import NO_HEADER
+from vpbx_testing.waiting import wait_until
 
 from vpbx import model
 

@@ -25,6 +25,7 @@ from test_limits import CDR_FILE, ENGINE_LOG, Cdrs, Tail, wait_until_the_edge_ha
 from vpbx_testing import health, services
 from vpbx_testing.peers import callee_keys, caller_keys
 from vpbx_testing.rtp_pcap import dtmf_then_tone_pcap, tone_pcap
+from vpbx_testing.waiting import wait_until
 from vpbx_testing.wire import Capture, rtp_streams
 
 from callbackd import store
@@ -34,7 +35,6 @@ KAMAILIO_PIDFILE = Path("/run/kamailio/kamailio.pid")
 KAMAILIO_USER = "kamailio"
 # Generous: each wait ends when the service answers; this only bounds a failure.
 RECOVERY_WAIT = 30.0
-POLL = 0.2
 CALL_TIMEOUT = 30
 # Trigger, delay, prompt, the wait for digits: a call-back nobody answers by keys.
 CALLBACK_TIMEOUT = 40
@@ -60,13 +60,6 @@ def kill_outright(name: str) -> int:
     assert pid, f"{name} does not run"
     os.kill(pid, signal.SIGKILL)
     return pid
-
-
-def wait_until(what: str, done: Callable[[], bool], timeout: float = RECOVERY_WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, f"not within {timeout:.0f} s: {what}"
-        time.sleep(POLL)
 
 
 def runs_again(name: str, killed: int) -> Callable[[], bool]:

@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 import redis
 from conftest import sip_options
-from second_edge import second_edge as run_second_edge
-from test_recovery import kill_outright, runs_again, wait_until
+from test_recovery import kill_outright, runs_again
 from vpbx_testing import health, services
 from vpbx_testing.peers import callee_keys, caller_keys
 from vpbx_testing.raw_sip import RawSip, call_as_extension
+from vpbx_testing.second_edge import second_edge as run_second_edge
+from vpbx_testing.waiting import wait_until
 
 from vpbx import model
 

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 from conftest import sip_options, untrusted_loopbacks
-from second_edge import KAMAILIO_CFG, KAMAILIO_CTL, SECOND_EDGE_IP
-from second_edge import second_edge as run_second_edge
-from test_recovery import wait_until
 from vpbx_testing.raw_sip import RawSip
+from vpbx_testing.second_edge import KAMAILIO_CFG, KAMAILIO_CTL, SECOND_EDGE_IP
+from vpbx_testing.second_edge import second_edge as run_second_edge
+from vpbx_testing.waiting import wait_until
 
 from vpbx import model
 

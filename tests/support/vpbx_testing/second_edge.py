@@ -16,10 +16,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from test_recovery import wait_until
-from vpbx_testing import health
-
 from vpbx import model
+from vpbx_testing import health
+from vpbx_testing.waiting import wait_until
 
 KAMAILIO_CFG = Path("/etc/kamailio/kamailio.cfg")
 KAMAILIO_CTL = "unix:/run/kamailio/kamailio_ctl"
