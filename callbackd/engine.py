@@ -507,8 +507,8 @@ class Session:
         did = config.numbers.get(record["did"])
         if did is None or did.callback is None:
             # The DID was removed meanwhile: its callback still ends on both legs with its CDR.
-            did = model.Did(record["did"], "", model.Callback(enabled=True, list=None,
-                                                               record=record["media"]["record"]))
+            did = model.Did(record["did"], "", model.CallbackSettings(enabled=True, list=None,
+                                                                       record=record["media"]["record"]))
         session = cls(engine, did, record["employee"], record["id"])
         session._triggered_at = None
         session.machine.restore(record["machine"])

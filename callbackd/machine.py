@@ -227,7 +227,7 @@ class Callback:
         self,
         did: str,
         employee: str,
-        settings: model.Callback,
+        settings: model.CallbackSettings,
         country: str,
         prompt_seconds: Mapping[str, float],
         client_ring_timeout: float,

@@ -141,7 +141,9 @@ Step = RingStep | ForwardStep | RejectStep
 
 
 @dataclass(frozen=True)
-class Callback:
+class CallbackSettings:
+    """A DID's call-back as the inventory sets it (vpbx_numbers[].callback)."""
+
     enabled: bool
     list: str | None
     record: bool = False
@@ -171,7 +173,7 @@ class Callback:
 class Did:
     number: str
     routing: str
-    callback: Callback | None = None
+    callback: CallbackSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -550,7 +552,7 @@ def _step(
     return RejectStep(code) if code else None
 
 
-CALLBACK_KEYS = tuple(f for f in Callback.__dataclass_fields__)
+CALLBACK_KEYS = tuple(f for f in CallbackSettings.__dataclass_fields__)
 
 
 def _numbers(
@@ -581,7 +583,7 @@ def _numbers(
 
 def _callback(
     check: _Checker, path: str, item: Any, country: str, lists: Mapping[str, frozenset[str]]
-) -> Callback | None:
+) -> CallbackSettings | None:
     if not check.keys(path, item, CALLBACK_KEYS, ("enabled",)):
         return None
     enabled = item.get("enabled")
@@ -641,7 +643,7 @@ def _callback(
     pin = _pin(check, f"{path}.pin", item.get("pin"))
     if None in values.values():
         return None
-    return Callback(
+    return CallbackSettings(
         enabled=bool(enabled),
         list=name,
         record=bool(item.get("record", False)),

@@ -127,7 +127,8 @@ def assert_secret_absent(text: str, secret: str, where: str) -> None:
 # -- the world -------------------------------------------------------------------------------
 
 
-def callback_dids(lab: model.Config, wanted: Callable[[model.Callback], bool], what: str) -> model.Did:
+def callback_dids(lab: model.Config, wanted: Callable[[model.CallbackSettings], bool],
+                  what: str) -> model.Did:
     for did in lab.numbers.values():
         if did.callback and did.callback.enabled and wanted(did.callback):
             return did

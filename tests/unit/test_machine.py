@@ -53,7 +53,7 @@ class Story:
 
     def __init__(self, **settings):
         settings.setdefault("allowed_prefixes", ("+421",))
-        self.settings = model.Callback(enabled=True, list="sales-mobiles", **settings)
+        self.settings = model.CallbackSettings(enabled=True, list="sales-mobiles", **settings)
         self.now = T0
         self.machine = Callback(
             DID, EMPLOYEE, self.settings, "SK", PROMPT_SECONDS, CLIENT_RING_TIMEOUT, now=T0
@@ -983,7 +983,7 @@ def test_the_cdr_as_json_keeps_what_never_happened_as_none():
 def test_a_missing_prompt_length_is_refused_when_the_callback_is_made():
     lengths = {k: v for k, v in PROMPT_SECONDS.items() if k != "not_allowed"}
     with pytest.raises(ValueError, match="not_allowed"):
-        Callback(DID, EMPLOYEE, model.Callback(enabled=True, list="x"), "SK", lengths, 30.0, T0)
+        Callback(DID, EMPLOYEE, model.CallbackSettings(enabled=True, list="x"), "SK", lengths, 30.0, T0)
 
 
 # --- a restarted engine -------------------------------------------------------

@@ -7,7 +7,7 @@ import yaml
 
 from vpbx.model import (
     ERRORS_LISTED,
-    Callback,
+    CallbackSettings,
     ForwardStep,
     InventoryError,
     RejectStep,
@@ -128,7 +128,7 @@ def test_a_did_without_callback_section_has_no_callback(inventory):
 
 
 @pytest.fixture
-def callback(inventory) -> Callback:
+def callback(inventory) -> CallbackSettings:
     return load(inventory).numbers["+421233000111"].callback
 
 
