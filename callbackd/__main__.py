@@ -2,14 +2,14 @@
 
 The routing data (lists, numbers) is read again when its file was replaced,
 checked at each trigger and on SIGHUP, without touching callbacks in
-progress. SIGTERM with a state store leaves the callbacks in progress to the
-engine that starts next (or to another engine, see callbackd.store), so a
-restart drops no call; without one it ends them (hang-up, CDR) and exits.
+progress. SIGHUP also reopens the log and CDR files (logrotate's
+postrotate). SIGTERM with a state store leaves the callbacks in progress to
+the engine that starts next (or to another engine, see callbackd.store), so
+a restart drops no call; without one it ends them (hang-up, CDR) and exits.
 """
 
 import argparse
 import logging
-import logging.handlers
 import os
 import signal
 import sys
@@ -26,18 +26,35 @@ from vpbx.routing_file import RoutingFile
 log = logging.getLogger("callbackd")
 STOP_GRACE_S = 1.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# The log file is made again by the handler after a rotation (logrotate
-# creates none): 0640 like the one the role made, not world-readable.
+# What callbackd makes (recordings, a missing log or CDR file): not world-readable.
 UMASK = 0o027
 
 
-def setup_logging(log_file) -> None:
+class ReopenedFileHandler(logging.FileHandler):
+    """The log file logrotate renames: lines go on into the renamed file, kept
+    open, until SIGHUP reopens the one logrotate made in its place. Never a
+    moment without a file (callbackd may not create one in the log
+    directory), never a log call that raises."""
+
+    def reopen(self) -> None:
+        try:
+            stream = self._open()
+        except OSError as exc:
+            log.error("log file %s not reopened, lines go on into the old one: %s", self.baseFilename, exc)
+            return
+        with self.lock:
+            old, self.stream = self.stream, stream
+        if old is not None:
+            old.close()
+
+
+def setup_logging(log_file) -> ReopenedFileHandler | None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file is not None:
-        # Watched: once logrotate has renamed the file, the next line opens a
-        # new one (no signal; see the callbackd role's logrotate stanza).
-        handlers.append(logging.handlers.WatchedFileHandler(log_file))
+    file_handler = ReopenedFileHandler(log_file) if log_file is not None else None
+    if file_handler is not None:
+        handlers.append(file_handler)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, handlers=handlers)
+    return file_handler
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         os.umask(UMASK)
-        setup_logging(settings.log_file)
+        log_file = setup_logging(settings.log_file)
         routing = RoutingFile(settings.routing_file)
         config = routing.load()
         prompts = Prompts(settings.prompts_dir)
@@ -85,7 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         # A moment for the BYEs and CANCELs of the callbacks just ended to go out.
         sip.call_later(STOP_GRACE_S, sip.stop)
 
-    signal.signal(signal.SIGHUP, lambda *_: sip.call_soon_threadsafe(engine.refresh_routing))
+    def hang_up() -> None:
+        """logrotate's postrotate, or a reload: new files to write, new routing to read."""
+        if log_file is not None:
+            log_file.reopen()
+        engine.cdr.reopen()
+        engine.refresh_routing()
+
+    signal.signal(signal.SIGHUP, lambda *_: sip.call_soon_threadsafe(hang_up))
     signal.signal(signal.SIGTERM, lambda *_: sip.call_soon_threadsafe(stop))
     signal.signal(signal.SIGINT, lambda *_: sip.call_soon_threadsafe(stop))
     log.info("callbackd ready: SIP %s:%d, %d callback DIDs", *settings.sip_listen,

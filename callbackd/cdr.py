@@ -5,10 +5,11 @@ then fsync'd: the kernel places every append atomically at the end of the
 file, so lines of several writers (threads or processes on the same host) do
 not interleave and a crash leaves no half line behind an acknowledged record.
 
-Rotation (logrotate, the callbackd role's stanza) renames the file and
-creates none (``nocreate``): the file is opened for each record, so a record
-goes whole either to the renamed file (opened just before the rename) or to
-a new one the next open makes; no signal, no line lost or split. Not
+Rotation (logrotate, the callbackd role's stanza) renames the file, makes a
+new one in its place and sends SIGHUP: records go on whole into the renamed
+file, which stays open, until :meth:`CdrWriter.reopen` (on SIGHUP) turns to
+the new one; no line lost or split, and no moment without a file to write
+to (callbackd may not create files in the log directory). Not
 ``copytruncate``: a record appended between its copy and its truncation
 would be lost. The renamed file is :data:`ROTATED_SUFFIX`, kept uncompressed
 until the next rotation (``delaycompress``), so :meth:`CdrWriter.written`
@@ -43,6 +44,14 @@ class CdrWriter:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._fd: int | None = None
+
+    def reopen(self) -> None:
+        """After a rotation: the next record goes to the file now at ``path``."""
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     @property
     def rotated(self) -> Path:
@@ -75,12 +84,11 @@ class CdrWriter:
         """
         line = encode_line(record)
         with self._lock:
-            self.path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-            try:
-                written = os.write(fd, line)
-                if written != len(line):  # a full disk; never seen for a regular file otherwise
-                    raise OSError(f"short write to {self.path}: {written} of {len(line)} bytes")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            if self._fd is None:
+                self.path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                                   FILE_MODE)
+            written = os.write(self._fd, line)
+            if written != len(line):  # a full disk; never seen for a regular file otherwise
+                raise OSError(f"short write to {self.path}: {written} of {len(line)} bytes")
+            os.fsync(self._fd)

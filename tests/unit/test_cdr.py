@@ -2,6 +2,7 @@
 
 import json
 import multiprocessing
+import threading
 
 import pytest
 
@@ -87,17 +88,28 @@ def test_concurrent_processes_do_not_interleave_lines(tmp_path):
         assert [r["n"] for r in records if r["worker"] == w] == list(range(count))
 
 
-def test_a_rotation_by_renaming_loses_no_record_and_splits_none(tmp_path):
-    """logrotate's nocreate rotation (rename, no new file) while writers append."""
+def test_a_rotation_loses_no_record_and_splits_none(tmp_path):
+    """logrotate's rotation (rename, a new file made, SIGHUP: reopen) while threads append."""
     path = tmp_path / "cdr.jsonl"
-    workers, count = 3, 200
-    procs = _start_writers(path, workers, count)
+    writer = CdrWriter(path)
+    workers, count = 3, 300
+
+    def write_many(worker):
+        for n in range(count):
+            writer.write({"worker": worker, "n": n, "pad": "x" * (n * 37 % 3000)})
+
+    threads = [threading.Thread(target=write_many, args=(w,)) for w in range(workers)]
+    for thread in threads:
+        thread.start()
     rotations = 0
-    while any(proc.is_alive() for proc in procs):
-        if path.exists():
+    while any(thread.is_alive() for thread in threads):
+        if path.exists() and path.stat().st_size:
             rotations += 1
             path.rename(tmp_path / f"cdr.jsonl.{rotations}")
-    _join(procs)
+            path.touch(mode=0o640)
+            writer.reopen()
+    for thread in threads:
+        thread.join(timeout=60)
     files = sorted(p for p in tmp_path.iterdir() if p.stat().st_size)
     assert len(files) > 1, "no rotation happened while the records were written"
     records = [r for p in files for r in read_records(p)]  # every line parses
@@ -105,11 +117,25 @@ def test_a_rotation_by_renaming_loses_no_record_and_splits_none(tmp_path):
         (w, n) for w in range(workers) for n in range(count)]
 
 
+def test_records_go_on_into_the_renamed_file_until_reopened(tmp_path):
+    path = tmp_path / "cdr.jsonl"
+    writer = CdrWriter(path)
+    writer.write({"n": 1})
+    path.rename(writer.rotated)
+    path.touch()
+    writer.write({"n": 2})
+    writer.reopen()
+    writer.write({"n": 3})
+    assert [r["n"] for r in read_records(writer.rotated)] == [1, 2]
+    assert [r["n"] for r in read_records(path)] == [3]
+
+
 def test_a_cdr_the_last_rotation_moved_counts_as_written(tmp_path):
     path = tmp_path / "cdr.jsonl"
     writer = CdrWriter(path)
     writer.write({"id": "cb-before", "result": "bridged"})
     path.rename(writer.rotated)
+    writer.reopen()
     assert writer.rotated.name == "cdr.jsonl.1"
     assert writer.written("cb-before")
     writer.write({"id": "cb-after", "result": "no_digits"})
