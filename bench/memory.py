@@ -8,7 +8,7 @@ deployed Kamailio at rest, with the lab's list and with the long one: shared
 memory used (core.shmmem), private memory (pkg.stats) and the RSS/PSS of its
 processes (the workers' Python heaps, where routing.json lives). Then, for
 each shared memory size (the role's computed default, the old fixed 128 MB),
-it runs a second edge (tests/e2e/second_edge.py: the deployed kamailio.cfg and
+it runs a second edge (vpbx_testing.second_edge: the deployed kamailio.cfg and
 KEMI router, the long list included) and has the carrier call it at each rate
 for `--seconds`: INVITEs to the lab's closed DID, each a tm transaction that
 its scheme answers 480 and that lives, ACKed, for tm's wait timer (5 s) as

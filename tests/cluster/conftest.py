@@ -13,6 +13,7 @@ import ipaddress
 import os
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ INVENTORY = REPO / "inventories" / "cluster"
 
 PROBES = HERE / "probes.py"
 STRANGER_NETNS = "vpbx-stranger"
+SCRAPER_NETNS = "vpbx-scraper"
 PROBE_TIMEOUT_S = 30
 
 
@@ -101,16 +103,36 @@ def probe(kind: str, target: str, *, netns_of: int | None = None, netns: str | N
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def metrics_sources() -> list[str]:
+    variables = yaml.safe_load((INVENTORY / "group_vars" / "all.yml").read_text())
+    return [str(source) for source in variables.get("firewall_metrics_sources", [])]
+
+
+@contextmanager
+def namespace(name: str, address: str, lab: cluster_inventory.Lab) -> Iterator[str]:
+    """A namespace on the lab's bridge at `address` while the block runs: its name."""
+    network.namespace_up(name, address, lab.network)
+    try:
+        yield name
+    finally:
+        network.namespace_down(name)
+
+
+@pytest.fixture(scope="session")
+def scraper(lab: cluster_inventory.Lab) -> Iterator[str]:
+    """The Prometheus the inventory lets scrape the metrics (firewall_metrics_sources)."""
+    [address] = metrics_sources()
+    with namespace(SCRAPER_NETNS, address, lab) as name:
+        yield name
+
+
 @pytest.fixture(scope="session")
 def stranger(lab: cluster_inventory.Lab) -> Iterator[str]:
-    """A namespace on the lab's bridge that is no host of the PBX: its name."""
-    taken = {h.address for h in lab.hosts} | set(lab.machine_addresses)
+    """Someone on the lab's bridge who is no host of the PBX, nor its scraper."""
+    taken = {h.address for h in lab.hosts} | set(lab.machine_addresses) | set(metrics_sources())
     address = next(str(a) for a in reversed(list(lab.network.hosts())) if str(a) not in taken)
-    network.namespace_up(STRANGER_NETNS, address, lab.network)
-    try:
-        yield STRANGER_NETNS
-    finally:
-        network.namespace_down(STRANGER_NETNS)
+    with namespace(STRANGER_NETNS, address, lab) as name:
+        yield name
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
     python3 probes.py ng 10.77.0.21:2223     # RTPengine's ng ping
     python3 probes.py redis 10.77.0.41:6379  # Redis PING
     python3 probes.py sip 10.77.0.31:5070    # SIP OPTIONS
+    python3 probes.py metrics 10.77.0.21:9495  # Prometheus GET /metrics
 
 Prints the answer and exits 0, or exits 1 when nothing answers in WAIT_S.
 The tests run it in a host's network (nsenter --net) or in a stranger's
@@ -11,11 +12,15 @@ namespace, so that the source is that host. Standard library only.
 
 from __future__ import annotations
 
+import http.client
+import re
 import socket
 import sys
 import uuid
 
 WAIT_S = 2.0
+# One line of Prometheus' text format: a metric's name, its labels, a value.
+SAMPLE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? [-+0-9.eEINaf]+", re.MULTILINE)
 TRIES = 2
 
 
@@ -69,7 +74,22 @@ def sip(host: str, port: int) -> str | None:
     return None
 
 
-PROBES = {"ng": ng, "redis": redis, "sip": sip}
+def metrics(host: str, port: int) -> str | None:
+    """The status line of a scrape, when the answer holds Prometheus figures."""
+    connection = http.client.HTTPConnection(host, port, timeout=WAIT_S)
+    try:
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        body = response.read().decode(errors="replace")
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        connection.close()
+    # Kamailio's xhttp_prom writes samples without # TYPE lines: a sample is the proof.
+    return f"{response.status} {response.reason}" if response.status == 200 and SAMPLE.search(body) else None
+
+
+PROBES = {"ng": ng, "redis": redis, "sip": sip, "metrics": metrics}
 
 
 def main(kind: str, target: str) -> int:
