@@ -52,7 +52,7 @@ from callbackd.limits import Limits, MemoryLimits
 from callbackd.prompts import Prompts
 from callbackd.recording import Recording, convert_recording, find_recording, remove_recording
 from callbackd.rtpengine import BOUND_MEDIA_FLAGS, NgClient, NgError, placeholder_sdp, sdp_audio_endpoint
-from callbackd.sip import Headers, Leg, LegHandler, SipEndpoint
+from callbackd.sip import Headers, Leg, LegHandler, ScheduledCall, SipEndpoint
 from callbackd.store import CLAIM_RENEW_S, HEARTBEAT_S, Callbacks, StoreDown
 from callbackd.trigger import BadTrigger, edge_decision
 from vpbx import decide, model
@@ -487,7 +487,7 @@ class Session:
         self.employee_sdp: str | None = None  # the employee's own, from its 200 OK
         self.employee_facing: str | None = None  # RTPengine's SDP sent to the employee
         self.employee_media: str | None = None  # the address the employee's RTP comes from
-        self._timers: dict[str, object] = {}
+        self._timers: dict[str, ScheduledCall] = {}
         self._due: dict[str, float] = {}  # epoch seconds each running timer fires at
         self._playing = False
         self._gone = False  # taken over by another engine

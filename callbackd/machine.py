@@ -28,7 +28,7 @@ from vpbx import model
 from vpbx.policy import Allowed, check_destination
 
 
-class Timer(enum.StrEnum):
+class TimerName(enum.StrEnum):
     """Timers by name (str values: the engine may key its handles by them)."""
 
     DELAY = "delay"  # trigger -> first call to the employee
@@ -300,7 +300,7 @@ class Callback:
                 return self.start(now)
             case State.CALLING_EMPLOYEE:
                 self.cdr.employee_attempts -= 1
-                return [CancelEmployee(), *self._cancel(Timer.EMPLOYEE_RING), *self._call_employee()]
+                return [CancelEmployee(), *self._cancel(TimerName.EMPLOYEE_RING), *self._call_employee()]
             case State.DIALING_CLIENT:
                 return self._finish(now, "failed", "engine_restart", CancelClient(), HangUpEmployee())
             case (State.PIN_PROMPTING | State.PIN_COLLECTING | State.PROMPTING | State.COLLECTING
@@ -317,45 +317,45 @@ class Callback:
         if self.state is not State.NEW:
             return []
         self.state = State.WAITING
-        return [self._start(Timer.DELAY, self.settings.delay)]
+        return [self._start(TimerName.DELAY, self.settings.delay)]
 
     def on_timer(self, name: str, now: float) -> list[Command]:
         if not isinstance(name, str) or name not in self._timers:
             return []  # not ours, or cancelled while its event was on the way
         self._timers.discard(name)
         match (self.state, name):
-            case (State.WAITING, Timer.DELAY) | (State.RETRY_WAIT, Timer.RETRY):
+            case (State.WAITING, TimerName.DELAY) | (State.RETRY_WAIT, TimerName.RETRY):
                 return self._call_employee()
-            case (State.CALLING_EMPLOYEE, Timer.EMPLOYEE_RING):
+            case (State.CALLING_EMPLOYEE, TimerName.EMPLOYEE_RING):
                 return [CancelEmployee(), *self._employee_not_reached(now, "no_answer")]
-            case (State.PROMPTING, Timer.PROMPT):
+            case (State.PROMPTING, TimerName.PROMPT):
                 self.state = State.COLLECTING
-                return [self._start(Timer.DIGITS, self.settings.inter_digit_timeout)]
-            case (State.PIN_PROMPTING, Timer.PROMPT):
+                return [self._start(TimerName.DIGITS, self.settings.inter_digit_timeout)]
+            case (State.PIN_PROMPTING, TimerName.PROMPT):
                 self.state = State.PIN_COLLECTING
-                return [self._start(Timer.DIGITS, self.settings.inter_digit_timeout)]
-            case (State.COLLECTING | State.PIN_COLLECTING, Timer.DIGITS):
+                return [self._start(TimerName.DIGITS, self.settings.inter_digit_timeout)]
+            case (State.COLLECTING | State.PIN_COLLECTING, TimerName.DIGITS):
                 if not self._keys_pressed:
                     # Nobody typed anything since the answer: a voicemail took the call.
                     return self._finish(now, "no_digits", "engine", HangUpEmployee())
                 return self._evaluate(now)
-            case (State.ERROR_MESSAGE, Timer.MESSAGE):
+            case (State.ERROR_MESSAGE, TimerName.MESSAGE):
                 if self._failed_numbers >= self.settings.attempts:
                     return self._finish(now, "denied", "engine", HangUpEmployee())
                 return self._prompt()
-            case (State.DIALING_CLIENT, Timer.CLIENT_RING):
+            case (State.DIALING_CLIENT, TimerName.CLIENT_RING):
                 return [CancelClient(), *self._goodbye("client_no_answer", Prompt.CLIENT_NO_ANSWER)]
-            case (State.GOODBYE, Timer.MESSAGE):
+            case (State.GOODBYE, TimerName.MESSAGE):
                 return self._finish(now, self._result, "engine", HangUpEmployee())
-            case (State.BRIDGED, Timer.CALL_TIME) if not self._warned:
+            case (State.BRIDGED, TimerName.CALL_TIME) if not self._warned:
                 self._warned = True
                 # The client goes on hearing the employee; only the employee hears the warning.
                 return [MuteClient(), PlayPrompt(Prompt.CALL_ENDING),
-                        self._start(Timer.MESSAGE, self.prompt_seconds[Prompt.CALL_ENDING]),
-                        self._start(Timer.CALL_TIME, CALL_WARNING_S)]
-            case (State.BRIDGED, Timer.MESSAGE):
+                        self._start(TimerName.MESSAGE, self.prompt_seconds[Prompt.CALL_ENDING]),
+                        self._start(TimerName.CALL_TIME, CALL_WARNING_S)]
+            case (State.BRIDGED, TimerName.MESSAGE):
                 return [UnmuteClient()]
-            case (State.BRIDGED, Timer.CALL_TIME):
+            case (State.BRIDGED, TimerName.CALL_TIME):
                 return self._finish(now, "bridged", "limit", HangUpClient(), HangUpEmployee())
         return []
 
@@ -366,13 +366,13 @@ class Callback:
         if self.state is not State.CALLING_EMPLOYEE:
             return []
         self.cdr.employee_answer_at = now
-        return [*self._cancel(Timer.EMPLOYEE_RING), *self._prompt()]
+        return [*self._cancel(TimerName.EMPLOYEE_RING), *self._prompt()]
 
     def on_employee_failed(self, code: int, now: float) -> list[Command]:
         if self.state is not State.CALLING_EMPLOYEE:
             return []
         cause = EMPLOYEE_CAUSES.get(code, "failed") if isinstance(code, int) else "failed"
-        return [*self._cancel(Timer.EMPLOYEE_RING), *self._employee_not_reached(now, cause)]
+        return [*self._cancel(TimerName.EMPLOYEE_RING), *self._employee_not_reached(now, cause)]
 
     def on_employee_hangup(self, now: float) -> list[Command]:
         if self.state in (State.PIN_PROMPTING, State.PIN_COLLECTING):
@@ -398,7 +398,7 @@ class Callback:
         self._keys_pressed = True
         out: list[Command] = []
         if self.state in (State.PROMPTING, State.PIN_PROMPTING):
-            out += [StopPrompt(), *self._cancel(Timer.PROMPT)]
+            out += [StopPrompt(), *self._cancel(TimerName.PROMPT)]
             self.state = collecting[self.state]
         if digit == END_KEY:
             return out + self._evaluate(now)
@@ -409,7 +409,7 @@ class Callback:
             most = PIN_MAX_KEYS if self.state is State.PIN_COLLECTING else self.settings.max_digits
             if len(self._digits) >= most:
                 return out + self._evaluate(now)
-        return [*out, self._start(Timer.DIGITS, self.settings.inter_digit_timeout)]
+        return [*out, self._start(TimerName.DIGITS, self.settings.inter_digit_timeout)]
 
     def on_client_ringing(self, now: float) -> list[Command]:
         return []
@@ -420,12 +420,13 @@ class Callback:
         self.cdr.client_answer_at = now
         self.state = State.BRIDGED
         first = self.settings.max_call_minutes * 60 - CALL_WARNING_S
-        return [*self._cancel(Timer.CLIENT_RING), StopPrompt(), Bridge(), self._start(Timer.CALL_TIME, first)]
+        return [*self._cancel(TimerName.CLIENT_RING), StopPrompt(), Bridge(),
+                self._start(TimerName.CALL_TIME, first)]
 
     def on_client_failed(self, code: int, now: float) -> list[Command]:
         if self.state is not State.DIALING_CLIENT:
             return []
-        out = self._cancel(Timer.CLIENT_RING)
+        out = self._cancel(TimerName.CLIENT_RING)
         if code in CLIENT_BUSY_CODES:
             return out + self._goodbye("client_busy", Prompt.CLIENT_BUSY)
         if code in CLIENT_NO_ANSWER_CODES:
@@ -471,14 +472,15 @@ class Callback:
         self.cdr.employee_attempts += 1
         self.state = State.CALLING_EMPLOYEE
         timeout = self.settings.ring_timeout
-        return [CallEmployee(self.cdr.employee_attempts, timeout), self._start(Timer.EMPLOYEE_RING, timeout)]
+        return [CallEmployee(self.cdr.employee_attempts, timeout),
+                self._start(TimerName.EMPLOYEE_RING, timeout)]
 
     def _employee_not_reached(self, now: float, cause: str) -> list[Command]:
         """`cause`: a word of model.RETRY_CAUSES; only those of the DID's retry_on are tried again."""
         if self.cdr.employee_attempts > self.settings.retries or cause not in self.settings.retry_on:
             return self._finish(now, "employee_no_answer", "engine")
         self.state = State.RETRY_WAIT
-        return [self._start(Timer.RETRY, self.settings.retry_interval)]
+        return [self._start(TimerName.RETRY, self.settings.retry_interval)]
 
     def _prompt(self, prompt: str | None = None) -> list[Command]:
         """Ask for the PIN until it was typed right, then for the client's number."""
@@ -489,13 +491,13 @@ class Callback:
         else:
             self.state = State.PIN_PROMPTING
             prompt = prompt or Prompt.ENTER_PIN
-        return [PlayPrompt(prompt), self._start(Timer.PROMPT, self.prompt_seconds[prompt])]
+        return [PlayPrompt(prompt), self._start(TimerName.PROMPT, self.prompt_seconds[prompt])]
 
     def _evaluate(self, now: float) -> list[Command]:
         """What was typed is complete: the PIN, or the number to dial if the policy allows."""
         if self.state is State.PIN_COLLECTING:
             return self._check_pin(now)
-        out = self._cancel(Timer.DIGITS)
+        out = self._cancel(TimerName.DIGITS)
         s = self.settings
         verdict = check_destination(self._digits, self.country, s.allowed_prefixes, s.denied_types)
         self.cdr.client_dialled = self._digits
@@ -509,28 +511,28 @@ class Callback:
                 *out,
                 DialClient(verdict.e164, self.cdr.client_dialled),
                 PlayRingback(),
-                self._start(Timer.CLIENT_RING, self.client_ring_timeout),
+                self._start(TimerName.CLIENT_RING, self.client_ring_timeout),
             ]
         self._failed_numbers += 1
         self.state = State.ERROR_MESSAGE
         prompt = Prompt.INVALID_NUMBER if verdict.reason == "invalid" else Prompt.NOT_ALLOWED
-        return [*out, PlayPrompt(prompt), self._start(Timer.MESSAGE, self.prompt_seconds[prompt])]
+        return [*out, PlayPrompt(prompt), self._start(TimerName.MESSAGE, self.prompt_seconds[prompt])]
 
     def _check_pin(self, now: float) -> list[Command]:
         typed, self._digits = self._digits, ""
         # Constant time: how long a refusal takes says nothing about the digits.
         if hmac.compare_digest(typed.encode(), self.settings.pin.encode()):
             self._pin_accepted = True
-            return [*self._cancel(Timer.DIGITS), *self._prompt()]
+            return [*self._cancel(TimerName.DIGITS), *self._prompt()]
         self._wrong_pins += 1
         if self._wrong_pins >= PIN_TRIES:
             return self._finish(now, "pin_refused", "engine", HangUpEmployee())
-        return [*self._cancel(Timer.DIGITS), *self._prompt(Prompt.WRONG_PIN)]
+        return [*self._cancel(TimerName.DIGITS), *self._prompt(Prompt.WRONG_PIN)]
 
     def _goodbye(self, result: str, prompt: str) -> list[Command]:
         self._result = result
         self.state = State.GOODBYE
-        return [StopPrompt(), PlayPrompt(prompt), self._start(Timer.MESSAGE, self.prompt_seconds[prompt])]
+        return [StopPrompt(), PlayPrompt(prompt), self._start(TimerName.MESSAGE, self.prompt_seconds[prompt])]
 
     def _finish(self, now: float, result: str | None, ended_by: str, *legs: Command) -> list[Command]:
         cancels = [CancelTimer(name) for name in sorted(self._timers)]

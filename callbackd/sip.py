@@ -178,7 +178,7 @@ class _WireLog:
 # Reactor services
 
 
-class Timer:
+class ScheduledCall:
     """A pending `call_later()`; cancel() is idempotent and safe after it fired."""
 
     def __init__(self, listener: Any):
@@ -295,7 +295,7 @@ class Leg:
         self._endpoint = endpoint
         self._handler = handler
         self._ua: UA | None = None
-        self._ring_timer: Timer | None = None
+        self._ring_timer: ScheduledCall | None = None
 
     def __repr__(self) -> str:
         return f"<Leg {self.leg_id} {self.state.value} {self.to_uri}>"
@@ -493,12 +493,12 @@ class SipEndpoint:
 
     # reactor services
 
-    def call_later(self, seconds: float, fn: Callable[..., Any], *args: Any) -> Timer:
+    def call_later(self, seconds: float, fn: Callable[..., Any], *args: Any) -> ScheduledCall:
         """Run fn(*args) on the reactor after `seconds`; reactor thread only."""
         self._check_thread()
-        return Timer(Timeout(_guarded(fn, args), max(0.0, seconds)))
+        return ScheduledCall(Timeout(_guarded(fn, args), max(0.0, seconds)))
 
-    def call_soon(self, fn: Callable[..., Any], *args: Any) -> Timer:
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> ScheduledCall:
         """Run fn(*args) on the next reactor turn; reactor thread only."""
         return self.call_later(0.0, fn, *args)
 
