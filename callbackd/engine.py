@@ -2,9 +2,9 @@
 
 `callbackd.machine.Callback` decides; a `Session` carries its commands out
 with the SIP endpoint (legs, timers) and RTPengine (media, recording), and
-feeds what happens back to it as events. Everything runs on the SIP
-endpoint's reactor thread; only the recording conversion runs in a worker
-thread, and its result comes back to the reactor.
+feeds what happens back to it as events (callbackd.events). Everything
+runs on the SIP endpoint's reactor thread; only the recording conversion
+runs in a worker thread, and its result comes back to the reactor.
 
 Media, as tried here with RTPengine 10.5 (see callbackd.rtpengine): one
 RTPengine call per callback; the PBX side (tag B) offers a placeholder SDP
@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from callbackd import machine, metrics
+from callbackd import events, machine, metrics
 from callbackd.cdr import CdrWriter
 from callbackd.config import Settings, canonical_ip
 from callbackd.dtmf import parse_rtpengine_log, sent_by
@@ -207,7 +207,7 @@ class Engine:
         if holder not in (None, self._token(callback_id)):
             log.warning("callback %s: %s on %s was triggered again meanwhile (%s)", callback_id,
                         session.employee, session.did.number, holder)
-        session.feed("restarted")
+        session.feed(events.Restarted())
         return True
 
     def persist(self, session: "Session") -> None:
@@ -256,7 +256,7 @@ class Engine:
         if silent > MEDIA_TIMEOUT_S:
             log.warning("callback %s: no media for %s, ending it", session.id,
                         f"{silent:.0f} s" if last is not None else "so long RTPengine dropped the call")
-            self.sip.call_soon_threadsafe(session.feed, "abort")
+            self.sip.call_soon_threadsafe(session.feed, events.Abort())
 
     def refresh_routing(self) -> None:
         """A replaced routing file applies to new triggers; sessions in progress keep theirs."""
@@ -372,7 +372,7 @@ class Engine:
         # Only what the employee types counts: the client's keys are the client's,
         # and what anyone else sends to the employee's port is nobody's.
         if sent_by(event, EMPLOYEE_TAG, session.employee_media):
-            session.feed("on_digit", event.digit)
+            session.feed(events.Digit(event.digit))
         elif event.source_tag == EMPLOYEE_TAG:
             self._dtmf_refusals.log(log, logging.WARNING, "callback %s: digit from %s ignored: not the "
                                     "employee's media address %s", session.id, event.source_ip,
@@ -436,7 +436,7 @@ class Engine:
     def shutdown(self) -> None:
         """End every callback in progress (hang up, CDR), then stop taking work."""
         for session in list(self.sessions.values()):
-            session.feed("abort")
+            session.feed(events.Abort())
         self._media.shutdown(wait=True)
         self._workers.shutdown(wait=True)
 
@@ -569,25 +569,26 @@ class Session:
 
     def start(self) -> None:
         log.info("callback %s: did=%s employee=%s triggered", self.id, self.did.number, self.employee)
-        self.feed("start")
+        self.feed(events.Start())
 
-    def feed(self, event: str, *args) -> None:
+    def feed(self, event: events.Event) -> None:
         """Hand an event to the machine and carry out what it says."""
         if self._gone:
             return
-        if event == "on_digit":
+        if isinstance(event, events.Digit):
             self._keyed_at = time.monotonic()
         before = self.machine.state
-        commands = getattr(self.machine, event)(*args, time.time())
+        commands = events.dispatch(self.machine, event, time.time())
         if self.machine.state != before:
-            log.info("callback %s: %s -> %s (%s)", self.id, before, self.machine.state, event)
+            # The event's kind only: a digit's key may be a PIN's.
+            log.info("callback %s: %s -> %s (%s)", self.id, before, self.machine.state, type(event).__name__)
         for command in commands:
             try:
                 self.execute(command)
             except (NgError, OSError, ValueError, RuntimeError) as exc:
                 log.error("callback %s: %s failed: %s", self.id, type(command).__name__, exc)
-                if not isinstance(command, machine.Finished) and event != "abort":
-                    self.sip.call_soon(self.feed, "abort")
+                if not isinstance(command, machine.Finished) and not isinstance(event, events.Abort):
+                    self.sip.call_soon(self.feed, events.Abort())
                     return
         if commands:
             self.engine.persist(self)
@@ -768,7 +769,7 @@ class Session:
     def _timer_fired(self, name: str) -> None:
         self._timers.pop(name, None)
         self._due.pop(name, None)
-        self.feed("on_timer", name)
+        self.feed(events.TimerFired(name))
 
     def _cancel_timer(self, name: str) -> None:
         self._due.pop(name, None)
@@ -819,7 +820,7 @@ class EmployeeLeg(LegHandler):
 
     def on_ringing(self, leg: Leg) -> None:
         if self._current(leg):
-            self.session.feed("on_employee_ringing")
+            self.session.feed(events.EmployeeRinging())
 
     def on_answered(self, leg: Leg, sdp: str) -> None:
         if not self._current(leg):
@@ -833,22 +834,22 @@ class EmployeeLeg(LegHandler):
                                                        flags=list(BOUND_MEDIA_FLAGS))
         except NgError as exc:
             log.error("callback %s: RTPengine answer: %s", session.id, exc)
-            session.feed("abort")
+            session.feed(events.Abort())
             return
-        session.feed("on_employee_answered")
+        session.feed(events.EmployeeAnswered())
 
     def on_failed(self, leg: Leg, code: int, reason: str) -> None:
         if leg is self.session.employee_leg:
             log.info("callback %s: employee leg failed %d %s", self.session.id, code, reason)
-            self.session.feed("on_employee_failed", code)
+            self.session.feed(events.EmployeeFailed(code))
 
     def on_disconnected(self, leg: Leg, by: str) -> None:
         if leg is self.session.employee_leg and by == "remote":
-            self.session.feed("on_employee_hangup")
+            self.session.feed(events.EmployeeHangUp())
 
     def on_dtmf(self, leg: Leg, digit: str) -> None:
         if leg is self.session.employee_leg:
-            self.session.feed("on_digit", digit)
+            self.session.feed(events.Digit(digit))
 
 
 class ClientLeg(LegHandler):
@@ -856,7 +857,7 @@ class ClientLeg(LegHandler):
         self.session = session
 
     def on_ringing(self, leg: Leg) -> None:
-        self.session.feed("on_client_ringing")
+        self.session.feed(events.ClientRinging())
 
     def on_answered(self, leg: Leg, sdp: str) -> None:
         session = self.session
@@ -864,9 +865,9 @@ class ClientLeg(LegHandler):
             self._bind_client(sdp)
         except (NgError, ValueError) as exc:
             log.error("callback %s: client's media not bound, ending: %s", session.id, exc)
-            session.feed("abort")
+            session.feed(events.Abort())
             return
-        session.feed("on_client_answered")
+        session.feed(events.ClientAnswered())
 
     def _bind_client(self, sdp: str) -> None:
         """RTPengine's B side from the placeholder to the client's own SDP, the employee's port kept."""
@@ -880,8 +881,8 @@ class ClientLeg(LegHandler):
 
     def on_failed(self, leg: Leg, code: int, reason: str) -> None:
         log.info("callback %s: client leg failed %d %s", self.session.id, code, reason)
-        self.session.feed("on_client_failed", code)
+        self.session.feed(events.ClientFailed(code))
 
     def on_disconnected(self, leg: Leg, by: str) -> None:
         if by == "remote":
-            self.session.feed("on_client_hangup")
+            self.session.feed(events.ClientHangUp())

@@ -136,7 +136,7 @@ def test_digits_forged_at_the_engines_dtmf_socket_dial_nobody(
     trigger(sipp, pbx_address, carrier_ip, callback_did, listed_caller)
     session = log.wait_for(TRIGGERED).group(1)
     media_of(far_end, "employee")  # the employee answered: the engine waits for digits now
-    log.wait_for(rf"callback {session}: \S+ -> \S+ \(on_employee_answered\)")
+    log.wait_for(rf"callback {session}: \S+ -> \S+ \(EmployeeAnswered\)")
     forge_digits(engine_dtmf, stranger_ip, f"callback-{session}", CLIENT_NUMBER + "#")
     log.wait_for(rf"DTMF datagram from {re.escape(stranger_ip)}:\d+ dropped: not RTPengine")
 

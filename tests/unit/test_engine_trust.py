@@ -7,6 +7,7 @@ import pytest
 
 from callbackd.config import Settings
 from callbackd.engine import ACCEPT_HEADER, NOT_DECIDED, Engine
+from callbackd.events import Digit, Event
 from callbackd.machine import Prompt
 from callbackd.rtpengine import NgTimeout
 from vpbx.model import load
@@ -52,10 +53,10 @@ class Session:
         self.id = "s1"
         self.media_call_id = media_call_id
         self.employee_media = EMPLOYEE_MEDIA
-        self.fed: list[tuple] = []
+        self.fed: list[Event] = []
 
-    def feed(self, event: str, *args) -> None:
-        self.fed.append((event, *args))
+    def feed(self, event: Event) -> None:
+        self.fed.append(event)
 
 
 @pytest.fixture
@@ -128,13 +129,13 @@ def test_the_decision_counts_not_the_numbers_the_caller_wrote(engine):
 
 def test_a_digit_datagram_from_rtpengine_of_the_employees_media_counts(engine, session):
     engine.on_dtmf_datagram(digit(EMPLOYEE_MEDIA), RTPENGINE)
-    assert session.fed == [("on_digit", "5")]
+    assert session.fed == [Digit("5")]
 
 
 def test_a_digit_datagram_not_from_rtpengine_is_dropped(engine, session, caplog):
     engine.on_dtmf_datagram(digit(EMPLOYEE_MEDIA), ("127.0.0.66", 2223))
     engine.on_dtmf_datagram(digit(EMPLOYEE_MEDIA, event=6), RTPENGINE)
-    assert session.fed == [("on_digit", "6")]
+    assert session.fed == [Digit("6")]
     assert "DTMF datagram from 127.0.0.66:2223 dropped: not RTPengine" in caplog.text
 
 
@@ -143,7 +144,7 @@ def test_a_digit_datagram_not_from_rtpengine_is_dropped(engine, session, caplog)
 def test_a_digit_rtpengine_saw_from_anyone_but_the_employee_does_not_count(engine, session, datagram):
     engine.on_dtmf_datagram(datagram, RTPENGINE)
     engine.on_dtmf_datagram(digit(EMPLOYEE_MEDIA, event=11), RTPENGINE)
-    assert session.fed == [("on_digit", "#")]
+    assert session.fed == [Digit("#")]
 
 
 # -- several engines, several relays -----------------------------------------------
@@ -185,7 +186,7 @@ def test_a_digit_forwarded_by_a_peer_engine_counts_and_one_from_a_stranger_does_
     engine._peers_dtmf = {PEER: PEER_DTMF}
     engine.on_dtmf_datagram(digit(EMPLOYEE_MEDIA), PEER_DTMF)
     engine.on_dtmf_datagram(digit(EMPLOYEE_MEDIA, event=7), ("127.0.0.66", 5071))
-    assert session.fed == [("on_digit", "5")]
+    assert session.fed == [Digit("5")]
 
 
 class Relay:

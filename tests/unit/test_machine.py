@@ -2,6 +2,23 @@
 
 import pytest
 
+from callbackd.events import (
+    Abort,
+    ClientAnswered,
+    ClientFailed,
+    ClientHangUp,
+    ClientRinging,
+    Digit,
+    EmployeeAnswered,
+    EmployeeFailed,
+    EmployeeHangUp,
+    EmployeeRinging,
+    Event,
+    Restarted,
+    Start,
+    TimerFired,
+    dispatch,
+)
 from callbackd.machine import (
     Bridge,
     Callback,
@@ -61,9 +78,9 @@ class Story:
         self.said: list = []
         self.timers: dict[str, float] = {}
 
-    def __call__(self, event: str, *args, after: float = 0.0) -> list:
+    def __call__(self, event: Event, after: float = 0.0) -> list:
         self.now += after
-        out = getattr(self.machine, event)(*args, self.now)
+        out = dispatch(self.machine, event, self.now)
         for command in out:
             if isinstance(command, StartTimer):
                 self.timers[command.name] = command.seconds
@@ -74,12 +91,12 @@ class Story:
 
     def fire(self, name: str) -> list:
         assert name in self.timers, f"timer {name!r} is not running (running: {sorted(self.timers)})"
-        return self("on_timer", name, after=self.timers.pop(name))
+        return self(TimerFired(name), after=self.timers.pop(name))
 
     def type(self, keys: str, gap: float = 0.5) -> list:
         out = []
         for key in keys:
-            out += self("on_digit", key, after=gap)
+            out += self(Digit(key), after=gap)
         return out
 
     @property
@@ -97,7 +114,7 @@ class Story:
 
 def waiting(**settings) -> Story:
     story = Story(**settings)
-    story("start")
+    story(Start())
     return story
 
 
@@ -109,7 +126,7 @@ def ringing(**settings) -> Story:
 
 def answered(**settings) -> Story:
     story = ringing(**settings)
-    story("on_employee_answered", after=3.0)
+    story(EmployeeAnswered(), after=3.0)
     return story
 
 
@@ -133,13 +150,13 @@ def dialing(**settings) -> Story:
 
 def bridged(**settings) -> Story:
     story = dialing(**settings)
-    story("on_client_answered", after=6.0)
+    story(ClientAnswered(), after=6.0)
     return story
 
 
 def goodbye(**settings) -> Story:
     story = dialing(**settings)
-    story("on_client_failed", 486, after=4.0)
+    story(ClientFailed(486), after=4.0)
     return story
 
 
@@ -148,27 +165,27 @@ def goodbye(**settings) -> Story:
 
 def test_the_happy_path_says_exactly_these_commands_in_order():
     story = Story()
-    assert story("start") == [StartTimer("delay", 1.0)]
+    assert story(Start()) == [StartTimer("delay", 1.0)]
     assert story.fire("delay") == [CallEmployee(1, 20), StartTimer("employee_ring", 20)]
-    assert story("on_employee_ringing", after=0.5) == []
-    assert story("on_employee_answered", after=4.0) == [
+    assert story(EmployeeRinging(), after=0.5) == []
+    assert story(EmployeeAnswered(), after=4.0) == [
         CancelTimer("employee_ring"),
         PlayPrompt("enter_number"),
         StartTimer("prompt", 4.0),
     ]
-    assert story("on_digit", "0", after=1.0) == [StopPrompt(), CancelTimer("prompt"), StartTimer("digits", 5)]
+    assert story(Digit("0"), after=1.0) == [StopPrompt(), CancelTimer("prompt"), StartTimer("digits", 5)]
     assert story.type("905123456") == [StartTimer("digits", 5)] * 9
-    assert story("on_digit", "#", after=0.5) == [
+    assert story(Digit("#"), after=0.5) == [
         CancelTimer("digits"),
         DialClient(CLIENT, CLIENT_TYPED),
         PlayRingback(),
         StartTimer("client_ring", CLIENT_RING_TIMEOUT),
     ]
-    assert story("on_client_ringing", after=1.0) == []
-    assert story("on_client_answered", after=7.0) == [
+    assert story(ClientRinging(), after=1.0) == []
+    assert story(ClientAnswered(), after=7.0) == [
         CancelTimer("client_ring"), StopPrompt(), Bridge(), StartTimer("call_time", 3540.0),
     ]
-    out = story("on_client_hangup", after=62.5)
+    out = story(ClientHangUp(), after=62.5)
     assert out[:-1] == [CancelTimer("call_time"), HangUpEmployee()]
     assert out[-1] == Finished(story.cdr)
     assert story.timers == {}
@@ -177,7 +194,7 @@ def test_the_happy_path_says_exactly_these_commands_in_order():
 def test_the_happy_path_writes_a_cdr_of_the_whole_story():
     story = bridged()
     answered_at = story.now
-    story("on_client_hangup", after=62.5)
+    story(ClientHangUp(), after=62.5)
     assert story.cdr == Cdr(
         did=DID,
         employee=EMPLOYEE,
@@ -198,19 +215,19 @@ def test_the_happy_path_writes_a_cdr_of_the_whole_story():
 def test_the_state_follows_the_call():
     story = Story()
     seen = [story.machine.state]
-    story("start")
+    story(Start())
     seen.append(story.machine.state)
     story.fire("delay")
     seen.append(story.machine.state)
-    story("on_employee_answered")
+    story(EmployeeAnswered())
     seen.append(story.machine.state)
     story.fire("prompt")
     seen.append(story.machine.state)
     story.type(CLIENT_TYPED + "#")
     seen.append(story.machine.state)
-    story("on_client_answered")
+    story(ClientAnswered())
     seen.append(story.machine.state)
-    story("on_employee_hangup")
+    story(EmployeeHangUp())
     seen.append(story.machine.state)
     assert seen == [
         State.NEW, State.WAITING, State.CALLING_EMPLOYEE, State.PROMPTING, State.COLLECTING,
@@ -223,18 +240,18 @@ def test_the_state_follows_the_call():
 
 
 def test_start_waits_the_dids_delay_before_calling_back():
-    assert Story(delay=2.5)("start") == [StartTimer("delay", 2.5)]
+    assert Story(delay=2.5)(Start()) == [StartTimer("delay", 2.5)]
 
 
 def test_start_twice_starts_once():
     story = Story()
-    story("start")
-    assert story("start") == []
+    story(Start())
+    assert story(Start()) == []
 
 
 def test_the_delay_calls_the_employee_with_the_dids_ring_timeout():
     story = Story(ring_timeout=35)
-    story("start")
+    story(Start())
     assert story.fire("delay") == [CallEmployee(1, 35), StartTimer("employee_ring", 35)]
 
 
@@ -247,7 +264,7 @@ def test_an_employee_who_does_not_answer_is_cancelled_at_the_ring_timeout_and_tr
 
 def test_a_busy_employee_is_tried_again_after_the_retry_interval():
     story = ringing()
-    out = story("on_employee_failed", 486, after=2.0)
+    out = story(EmployeeFailed(486), after=2.0)
     assert out == [CancelTimer("employee_ring"), StartTimer("retry", 30)]
     assert story.fire("retry") == [CallEmployee(2, 20), StartTimer("employee_ring", 20)]
 
@@ -255,12 +272,12 @@ def test_a_busy_employee_is_tried_again_after_the_retry_interval():
 @pytest.mark.parametrize("code", [408, 480, 486, 487, 600])
 def test_no_answer_and_busy_are_retried_by_default(code):
     story = ringing()
-    assert story("on_employee_failed", code)[-1] == StartTimer("retry", 30)
+    assert story(EmployeeFailed(code))[-1] == StartTimer("retry", 30)
 
 
 def test_an_employee_who_declined_is_not_called_again_by_default():
     story = ringing()
-    out = story("on_employee_failed", 603, after=2.0)
+    out = story(EmployeeFailed(603), after=2.0)
     assert out == [CancelTimer("employee_ring"), Finished(story.cdr)]
     assert story.cdr.result == "employee_no_answer"
     assert story.cdr.employee_attempts == 1
@@ -270,7 +287,7 @@ def test_an_employee_who_declined_is_not_called_again_by_default():
 @pytest.mark.parametrize("code", [404, 500, 503, 999, None, "486"])
 def test_other_failures_of_the_employee_leg_are_not_retried_by_default(code):
     story = ringing()
-    assert story("on_employee_failed", code)[-1] == Finished(story.cdr)
+    assert story(EmployeeFailed(code))[-1] == Finished(story.cdr)
     assert story.cdr.employee_attempts == 1
 
 
@@ -289,7 +306,7 @@ def test_other_failures_of_the_employee_leg_are_not_retried_by_default(code):
 )
 def test_the_dids_retry_on_says_which_failures_are_tried_again(retry_on, code, retried):
     story = ringing(retry_on=retry_on)
-    last = story("on_employee_failed", code)[-1]
+    last = story(EmployeeFailed(code))[-1]
     assert (last == StartTimer("retry", 30)) is retried
     assert isinstance(last, Finished) is not retried
 
@@ -301,7 +318,7 @@ def test_the_ring_timeout_is_a_no_answer_for_retry_on():
 
 def test_a_busy_employee_is_not_retried_when_retry_on_leaves_busy_out():
     story = ringing(retry_on=("no_answer",), retries=3)
-    story("on_employee_failed", 486)
+    story(EmployeeFailed(486))
     assert story.cdr.employee_attempts == 1
     assert "retry" not in story.timers
 
@@ -310,7 +327,7 @@ def test_after_the_last_retry_the_callback_ends_as_employee_no_answer():
     story = ringing()  # one retry by default
     story.fire("employee_ring")
     story.fire("retry")
-    out = story("on_employee_failed", 480, after=20.0)
+    out = story(EmployeeFailed(480), after=20.0)
     assert out == [CancelTimer("employee_ring"), Finished(story.cdr)]
     assert story.cdr.result == "employee_no_answer"
     assert story.cdr.employee_attempts == 2
@@ -329,9 +346,9 @@ def test_the_last_ring_timeout_cancels_the_employee_and_ends():
 def test_every_retry_is_numbered():
     story = ringing(retries=2)
     for _ in range(2):
-        story("on_employee_failed", 486)
+        story(EmployeeFailed(486))
         story.fire("retry")
-    story("on_employee_failed", 486)
+    story(EmployeeFailed(486))
     assert [c.attempt for c in story.said if isinstance(c, CallEmployee)] == [1, 2, 3]
     assert story.cdr.employee_attempts == 3
 
@@ -340,7 +357,7 @@ def test_an_employee_answering_a_retry_gets_the_prompt():
     story = ringing()
     story.fire("employee_ring")
     story.fire("retry")
-    assert story("on_employee_answered")[1:] == [PlayPrompt("enter_number"), StartTimer("prompt", 4.0)]
+    assert story(EmployeeAnswered())[1:] == [PlayPrompt("enter_number"), StartTimer("prompt", 4.0)]
 
 
 # --- collecting the number ----------------------------------------------------------
@@ -348,7 +365,7 @@ def test_an_employee_answering_a_retry_gets_the_prompt():
 
 def test_the_answered_employee_hears_the_prompt_and_the_answer_is_stamped():
     story = ringing()
-    assert story("on_employee_answered", after=3.0) == [
+    assert story(EmployeeAnswered(), after=3.0) == [
         CancelTimer("employee_ring"),
         PlayPrompt("enter_number"),
         StartTimer("prompt", 4.0),
@@ -363,7 +380,7 @@ def test_when_the_prompt_ends_the_inter_digit_timer_starts():
 
 def test_a_key_during_the_prompt_stops_the_prompt():
     story = answered()
-    assert story("on_digit", "0", after=1.0) == [StopPrompt(), CancelTimer("prompt"), StartTimer("digits", 5)]
+    assert story(Digit("0"), after=1.0) == [StopPrompt(), CancelTimer("prompt"), StartTimer("digits", 5)]
     assert story.machine.state is State.COLLECTING
 
 
@@ -375,7 +392,7 @@ def test_each_digit_restarts_the_inter_digit_timer():
 def test_hash_ends_the_number():
     story = collecting()
     story.type(CLIENT_TYPED)
-    assert story("on_digit", "#")[:3] == [CancelTimer("digits"), DialClient(CLIENT, CLIENT_TYPED),
+    assert story(Digit("#"))[:3] == [CancelTimer("digits"), DialClient(CLIENT, CLIENT_TYPED),
                                           PlayRingback()]
     assert story.dialled() == [DialClient(CLIENT, CLIENT_TYPED)]
 
@@ -406,7 +423,7 @@ def test_the_number_ends_by_itself_at_max_digits():
     story = collecting(max_digits=10)
     out = story.type(CLIENT_TYPED)
     assert out[-3:] == [DialClient(CLIENT, CLIENT_TYPED), PlayRingback(), StartTimer("client_ring", 30.0)]
-    assert story("on_digit", "#") == []  # the number is already taken
+    assert story(Digit("#")) == []  # the number is already taken
 
 
 def test_fifteen_digits_are_the_most_a_number_can_have():
@@ -428,7 +445,7 @@ def test_a_voicemail_that_never_types_is_hung_up_and_no_client_is_dialled():
 
 def test_hash_alone_is_an_invalid_number():
     story = collecting()
-    assert story("on_digit", "#") == [
+    assert story(Digit("#")) == [
         CancelTimer("digits"),
         PlayPrompt("invalid_number"),
         StartTimer("message", 2.0),
@@ -516,12 +533,12 @@ def test_keys_during_an_error_message_are_dropped():
 
 
 def test_the_client_ringing_changes_nothing():
-    assert dialing()("on_client_ringing") == []
+    assert dialing()(ClientRinging()) == []
 
 
 def test_the_client_answering_stops_the_ringback_and_bridges():
     story = dialing()
-    assert story("on_client_answered", after=5.0) == [
+    assert story(ClientAnswered(), after=5.0) == [
         CancelTimer("client_ring"), StopPrompt(), Bridge(), StartTimer("call_time", 3540.0),
     ]
     assert story.machine.cdr.client_answer_at == story.now
@@ -543,7 +560,7 @@ def test_the_client_answering_stops_the_ringback_and_bridges():
 )
 def test_a_client_not_reached_is_explained_to_the_employee_who_is_then_hung_up(code, result, message):
     story = dialing()
-    assert story("on_client_failed", code, after=4.0) == [
+    assert story(ClientFailed(code), after=4.0) == [
         CancelTimer("client_ring"),
         StopPrompt(),
         PlayPrompt(message),
@@ -570,7 +587,7 @@ def test_a_client_who_does_not_answer_is_cancelled_at_the_ring_timeout():
 
 def test_the_employee_hanging_up_during_the_goodbye_keeps_the_clients_result():
     story = goodbye()
-    assert story("on_employee_hangup", after=1.0) == [CancelTimer("message"), Finished(story.cdr)]
+    assert story(EmployeeHangUp(), after=1.0) == [CancelTimer("message"), Finished(story.cdr)]
     assert story.cdr.result == "client_busy"
     assert story.cdr.ended_by == "employee"
 
@@ -581,7 +598,7 @@ def test_the_employee_hanging_up_during_the_goodbye_keeps_the_clients_result():
 def warning_played(story: Story) -> list:
     """The warning's length passes while call_time runs on (the story's clock follows call_time)."""
     story.timers.pop("message")
-    return story("on_timer", "message")
+    return story(TimerFired("message"))
 
 
 def test_a_bridged_call_warns_the_employee_alone_a_minute_before_its_limit():
@@ -616,7 +633,7 @@ def test_a_bridged_call_is_ended_at_its_limit_both_legs_hung_up_and_the_cdr_says
 def test_a_hang_up_during_the_warning_stops_both_timers():
     story = bridged(max_call_minutes=2)
     story.fire("call_time")
-    out = story("on_client_hangup", after=1.0)
+    out = story(ClientHangUp(), after=1.0)
     assert out == [CancelTimer("call_time"), CancelTimer("message"), HangUpEmployee(), Finished(story.cdr)]
     assert story.cdr.ended_by == "client"
 
@@ -631,17 +648,17 @@ def test_the_limit_is_an_hour_by_default():
 
 def test_a_call_that_ends_before_the_warning_hears_no_warning_and_keeps_who_ended_it():
     story = bridged(max_call_minutes=2)
-    assert story("on_client_hangup", after=59.0)[0] == CancelTimer("call_time")
+    assert story(ClientHangUp(), after=59.0)[0] == CancelTimer("call_time")
     assert PlayPrompt("call_ending") not in story.said
     assert story.cdr.ended_by == "client"
-    assert story("on_timer", "call_time") == []
+    assert story(TimerFired("call_time")) == []
 
 
 def test_a_call_ended_by_a_party_after_the_warning_is_theirs_not_the_limits():
     story = bridged(max_call_minutes=2)
     story.fire("call_time")
     warning_played(story)
-    assert story("on_employee_hangup", after=30.0) == [
+    assert story(EmployeeHangUp(), after=30.0) == [
         CancelTimer("call_time"), HangUpClient(), Finished(story.cdr),
     ]
     assert story.cdr.ended_by == "employee"
@@ -650,7 +667,7 @@ def test_a_call_ended_by_a_party_after_the_warning_is_theirs_not_the_limits():
 def test_the_call_time_runs_only_once_the_client_answered():
     story = dialing(max_call_minutes=2)
     assert "call_time" not in story.timers
-    assert story("on_timer", "call_time") == []
+    assert story(TimerFired("call_time")) == []
 
 
 # --- the DID's PIN --------------------------------------------------------------------
@@ -660,7 +677,7 @@ PIN = "246810"
 
 def test_with_a_pin_the_answered_employee_is_asked_for_it_first():
     story = ringing(pin=PIN)
-    assert story("on_employee_answered") == [
+    assert story(EmployeeAnswered()) == [
         CancelTimer("employee_ring"), PlayPrompt("enter_pin"), StartTimer("prompt", 3.0),
     ]
     assert story.machine.state is State.PIN_PROMPTING
@@ -708,8 +725,8 @@ def test_three_wrong_pins_end_the_callback_as_pin_refused_and_nothing_is_dialled
 def test_the_pin_is_nowhere_in_the_cdr_or_the_commands():
     story = answered(pin=PIN)
     story.type(PIN + "#" + CLIENT_TYPED + "#")
-    story("on_client_answered")
-    story("on_client_hangup", after=5.0)
+    story(ClientAnswered())
+    story(ClientHangUp(), after=5.0)
     assert PIN not in repr(story.said)
     assert PIN not in repr(story.cdr.to_json_dict())
     assert PIN not in repr(story.settings)
@@ -752,7 +769,7 @@ def test_endless_keys_without_hash_are_cut_off_as_a_wrong_pin():
 def test_the_employee_hanging_up_at_the_pin(typed, result):
     story = answered(pin=PIN)
     story.type(typed)
-    assert isinstance(story("on_employee_hangup")[-1], Finished)
+    assert isinstance(story(EmployeeHangUp())[-1], Finished)
     assert story.cdr.result == result
     assert story.cdr.ended_by == "employee"
 
@@ -760,7 +777,7 @@ def test_the_employee_hanging_up_at_the_pin(typed, result):
 def test_abort_at_the_pin_hangs_up_the_employee():
     story = answered(pin=PIN)
     story.type("12")
-    assert [c for c in story("abort") if not isinstance(c, CancelTimer)] == [
+    assert [c for c in story(Abort()) if not isinstance(c, CancelTimer)] == [
         HangUpEmployee(), Finished(story.cdr),
     ]
 
@@ -774,7 +791,7 @@ def test_without_a_pin_nobody_is_asked_for_one():
 
 def test_the_client_hanging_up_after_the_bridge_hangs_up_the_employee():
     story = bridged()
-    assert story("on_client_hangup", after=90.25) == [
+    assert story(ClientHangUp(), after=90.25) == [
         CancelTimer("call_time"), HangUpEmployee(), Finished(story.cdr),
     ]
     assert story.cdr.result == "bridged"
@@ -784,7 +801,7 @@ def test_the_client_hanging_up_after_the_bridge_hangs_up_the_employee():
 
 def test_the_employee_hanging_up_after_the_bridge_hangs_up_the_client():
     story = bridged()
-    assert story("on_employee_hangup", after=12.0) == [
+    assert story(EmployeeHangUp(), after=12.0) == [
         CancelTimer("call_time"), HangUpClient(), Finished(story.cdr),
     ]
     assert story.cdr.result == "bridged"
@@ -794,7 +811,7 @@ def test_the_employee_hanging_up_after_the_bridge_hangs_up_the_client():
 
 def test_the_employee_hanging_up_while_the_client_rings_cancels_the_client():
     story = dialing()
-    assert story("on_employee_hangup", after=3.0) == [
+    assert story(EmployeeHangUp(), after=3.0) == [
         CancelTimer("client_ring"),
         CancelClient(),
         Finished(story.cdr),
@@ -806,7 +823,7 @@ def test_the_employee_hanging_up_while_the_client_rings_cancels_the_client():
 
 def test_the_employee_hanging_up_during_the_prompt_is_no_digits():
     story = answered()
-    assert story("on_employee_hangup", after=1.0) == [CancelTimer("prompt"), Finished(story.cdr)]
+    assert story(EmployeeHangUp(), after=1.0) == [CancelTimer("prompt"), Finished(story.cdr)]
     assert story.cdr.result == "no_digits"
     assert story.cdr.ended_by == "employee"
 
@@ -814,13 +831,13 @@ def test_the_employee_hanging_up_during_the_prompt_is_no_digits():
 def test_the_employee_hanging_up_while_typing_is_no_digits():
     story = collecting()
     story.type("0905")
-    assert story("on_employee_hangup") == [CancelTimer("digits"), Finished(story.cdr)]
+    assert story(EmployeeHangUp()) == [CancelTimer("digits"), Finished(story.cdr)]
     assert story.cdr.result == "no_digits"
 
 
 def test_the_employee_hanging_up_after_a_refused_number_is_denied():
     story = refused_once()
-    assert story("on_employee_hangup") == [CancelTimer("message"), Finished(story.cdr)]
+    assert story(EmployeeHangUp()) == [CancelTimer("message"), Finished(story.cdr)]
     assert story.cdr.result == "denied"
 
 
@@ -843,7 +860,7 @@ def test_the_employee_hanging_up_after_a_refused_number_is_denied():
 )
 def test_abort_releases_every_leg_and_writes_the_cdr(reach, legs, result):
     story = reach()
-    out = story("abort", after=2.0)
+    out = story(Abort(), after=2.0)
     assert [c for c in out if not isinstance(c, CancelTimer)] == [*legs, Finished(story.cdr)]
     assert story.timers == {}
     assert story.cdr.result == result
@@ -857,7 +874,7 @@ def test_abort_releases_every_leg_and_writes_the_cdr(reach, legs, result):
 def test_garbage_keys_are_ignored(key):
     story = collecting()
     story.type("0905")
-    assert story("on_digit", key) == []
+    assert story(Digit(key)) == []
     story.type("123456#")
     assert story.dialled() == [DialClient(CLIENT, CLIENT_TYPED)]
 
@@ -866,31 +883,31 @@ def test_garbage_keys_are_ignored(key):
 def test_unknown_stale_and_cancelled_timers_are_ignored(name):
     story = answered()  # "delay" fired, "employee_ring" cancelled
     state = story.machine.state
-    assert story("on_timer", name) == []
+    assert story(TimerFired(name)) == []
     assert story.machine.state is state
 
 
-EVENTS = {
-    "start": (),
-    "on_employee_ringing": (),
-    "on_employee_answered": (),
-    "on_employee_failed": (486,),
-    "on_employee_hangup": (),
-    "on_client_ringing": (),
-    "on_client_answered": (),
-    "on_client_failed": (486,),
-    "on_client_hangup": (),
-}
-# Per state, the events that mean something there; every other one must be ignored.
+EVENTS = (
+    Start(),
+    EmployeeRinging(),
+    EmployeeAnswered(),
+    EmployeeFailed(486),
+    EmployeeHangUp(),
+    ClientRinging(),
+    ClientAnswered(),
+    ClientFailed(486),
+    ClientHangUp(),
+)
+# Per state, the kinds of event that mean something there; every other one must be ignored.
 MEANINGFUL = {
-    "new": {"start"},
+    "new": {Start},
     "waiting": set(),
-    "calling": {"on_employee_answered", "on_employee_failed"},
-    "prompting": {"on_employee_hangup"},
-    "error-message": {"on_employee_hangup"},
-    "dialing": {"on_employee_hangup", "on_client_answered", "on_client_failed"},
-    "goodbye": {"on_employee_hangup"},
-    "bridged": {"on_employee_hangup", "on_client_hangup"},
+    "calling": {EmployeeAnswered, EmployeeFailed},
+    "prompting": {EmployeeHangUp},
+    "error-message": {EmployeeHangUp},
+    "dialing": {EmployeeHangUp, ClientAnswered, ClientFailed},
+    "goodbye": {EmployeeHangUp},
+    "bridged": {EmployeeHangUp, ClientHangUp},
 }
 REACH = {
     "new": Story,
@@ -906,12 +923,13 @@ REACH = {
 
 @pytest.mark.parametrize(
     ("where", "event"),
-    [(where, event) for where, meant in MEANINGFUL.items() for event in EVENTS if event not in meant],
+    [(where, event) for where, meant in MEANINGFUL.items() for event in EVENTS if type(event) not in meant],
+    ids=lambda value: type(value).__name__ if not isinstance(value, str) else value,
 )
 def test_events_out_of_order_are_ignored(where, event):
     story = REACH[where]()
     state, timers = story.machine.state, dict(story.timers)
-    assert story(event, *EVENTS[event]) == []
+    assert story(event) == []
     assert story.machine.state is state
     assert story.timers == timers
 
@@ -919,9 +937,9 @@ def test_events_out_of_order_are_ignored(where, event):
 @pytest.mark.parametrize(
     "end",
     [
-        lambda s: s("on_client_hangup"),
-        lambda s: s("on_employee_hangup"),
-        lambda s: s("abort"),
+        lambda s: s(ClientHangUp()),
+        lambda s: s(EmployeeHangUp()),
+        lambda s: s(Abort()),
     ],
     ids=["client-hangs-up", "employee-hangs-up", "abort"],
 )
@@ -929,13 +947,13 @@ def test_finished_comes_once_and_last_and_then_nothing_moves(end):
     story = bridged()
     end(story)
     assert isinstance(story.said[-1], Finished)
-    for event, args in EVENTS.items():
-        assert story(event, *args) == []
+    for event in EVENTS:
+        assert story(event) == []
     for key in "0#*":
-        assert story("on_digit", key) == []
+        assert story(Digit(key)) == []
     for name in ("delay", "employee_ring", "retry", "prompt", "digits", "message", "client_ring"):
-        assert story("on_timer", name) == []
-    assert story("abort") == []
+        assert story(TimerFired(name)) == []
+    assert story(Abort()) == []
     assert len(story.finished) == 1
     assert story.machine.state is State.DONE
 
@@ -961,7 +979,7 @@ def test_a_timer_that_ends_the_callback_leaves_no_timer_running(reach, timer):
 
 def test_the_cdr_as_json_has_utc_iso_timestamps():
     story = bridged()
-    story("on_employee_hangup", after=10.0)
+    story(EmployeeHangUp(), after=10.0)
     record = story.cdr.to_json_dict()
     assert record["trigger_at"] == "2023-11-14T22:13:20.000+00:00"
     assert record["employee_answer_at"] == "2023-11-14T22:13:24.000+00:00"
@@ -1000,23 +1018,23 @@ def restored(story: Story, **settings) -> Story:
 
 def test_a_snapshot_taken_up_again_goes_on_like_the_original():
     story = restored(waiting())
-    assert story("restarted") == []
+    assert story(Restarted()) == []
     assert story.fire("delay") == [CallEmployee(1, 20), StartTimer("employee_ring", 20)]
 
 
 def test_a_call_back_left_ringing_is_placed_again_with_the_same_attempt_number():
     story = restored(ringing())
-    assert story("restarted") == [CancelEmployee(), CancelTimer("employee_ring"), CallEmployee(1, 20),
+    assert story(Restarted()) == [CancelEmployee(), CancelTimer("employee_ring"), CallEmployee(1, 20),
                                   StartTimer("employee_ring", 20)]
-    story("on_employee_answered")
+    story(EmployeeAnswered())
     assert story.machine.state is State.PROMPTING
 
 
 def test_a_bridged_call_goes_on_and_ends_once_with_the_whole_cdr():
     before = bridged()
     story = restored(before)
-    assert story("restarted") == []
-    story("on_employee_hangup", after=5.0)
+    assert story(Restarted()) == []
+    story(EmployeeHangUp(), after=5.0)
     cdr = story.cdr
     assert (cdr.result, cdr.ended_by, cdr.client_e164) == ("bridged", "employee", CLIENT)
     assert cdr.trigger_at == T0 and cdr.client_answer_at == before.machine.cdr.client_answer_at
@@ -1025,14 +1043,14 @@ def test_a_bridged_call_goes_on_and_ends_once_with_the_whole_cdr():
 @pytest.mark.parametrize("stage", [answered, collecting, refused_once, goodbye])
 def test_the_digits_stage_ends_on_the_employees_leg_with_engine_restart(stage):
     story = restored(stage())
-    out = story("restarted")
+    out = story(Restarted())
     assert HangUpEmployee() in out and story.machine.state is State.DONE
     assert story.cdr.ended_by == "engine_restart"
 
 
 def test_a_client_still_ringing_is_cancelled_and_the_employee_hung_up():
     story = restored(dialing())
-    out = story("restarted")
+    out = story(Restarted())
     assert CancelClient() in out and HangUpEmployee() in out
     assert (story.cdr.result, story.cdr.ended_by) == ("failed", "engine_restart")
 
@@ -1046,7 +1064,7 @@ def test_what_was_typed_for_a_pin_is_never_in_a_snapshot():
 
 def test_a_finished_callback_does_nothing_more_when_restored():
     story = bridged()
-    story("on_client_hangup")
+    story(ClientHangUp())
     again = restored(story)
-    assert again("restarted") == []
+    assert again(Restarted()) == []
     assert again.machine.state is State.DONE
