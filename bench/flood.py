@@ -27,7 +27,7 @@ from vpbx_testing.peers import callee_keys, caller_keys
 from vpbx_testing.raw_sip import RawSip
 from vpbx_testing.sipp import SippRunner
 
-from vpbx import model
+from vpbx import model, wire
 
 FLOODER = "127.0.0.222"
 GOAL_BAN_S = 2.0
@@ -121,7 +121,7 @@ def main() -> int:
             flooder.stop()
     finally:
         runner.close()
-        subprocess.run(["kamcmd", "-s", KAMAILIO_CTL, "htable.delete", "vpbx_ban", FLOODER],
+        subprocess.run(["kamcmd", "-s", KAMAILIO_CTL, "htable.delete", wire.BAN_TABLE, FLOODER],
                        capture_output=True, check=False)
     duration = time.monotonic() - flooder.started_at
     ban = (flooder.last_answer_at - flooder.started_at) if flooder.last_answer_at else 0.0

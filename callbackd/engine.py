@@ -55,7 +55,7 @@ from callbackd.rtpengine import BOUND_MEDIA_FLAGS, NgClient, NgError, placeholde
 from callbackd.sip import Headers, Leg, LegHandler, ScheduledCall, SipEndpoint
 from callbackd.store import CLAIM_RENEW_S, HEARTBEAT_S, Callbacks, StoreDown
 from callbackd.trigger import BadTrigger, edge_decision
-from vpbx import decide, model
+from vpbx import decide, model, wire
 from vpbx.loglimit import LogLimiter
 from vpbx.routing_file import RoutingFile
 
@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 
 PBX_TAG = "B"
 EMPLOYEE_TAG = "EMP"
-ACCEPT_HEADER = ("X-Vpbx-Callback", "accepted")
+ACCEPT_HEADER = (wire.ACCEPT_HEADER, wire.ACCEPTED)
 NOT_LISTED = (403, "Not A Callback Caller", [])
 NOT_DECIDED = (403, "No Decision Of The Edge", [])
 # Neither carries the accept header: the edge routes the caller by the scheme.

@@ -8,9 +8,11 @@ else: not on the R-URI or From, which the caller wrote.
 
 from collections.abc import Mapping, Sequence
 
+from vpbx import wire
+
 # Lower-case, as callbackd.sip hands headers over.
-DID_HEADER = "x-vpbx-did"
-EMPLOYEE_HEADER = "x-vpbx-employee"
+DID_HEADER = wire.DID_HEADER.lower()
+EMPLOYEE_HEADER = wire.EMPLOYEE_HEADER.lower()
 
 
 class BadTrigger(ValueError):

@@ -74,29 +74,20 @@ AVP_CALLER = "$avp(vpbx_caller)"
 # Set while a scheme's forward step relays: the one branch meant for a trunk.
 AVP_OUT = "$avp(vpbx_out)"
 
-# Callback engines: dispatcher set, probed with OPTIONS. The engine marks a
-# trigger it took with this header; anything else (timeout, 5xx) means the
-# caller is routed by the DID's scheme instead.
-ENGINE_SET = 1
+# Callback engines: dispatcher set wire.ENGINE_SET, probed with OPTIONS. The
+# engine marks a trigger it took with wire.ACCEPT_HEADER; anything else
+# (timeout, 5xx) means the caller is routed by the DID's scheme instead.
 # Hash over dispatcher's hash_pvar (kamailio.cfg), which is AVP_CALLER:
 # the employee's number. Each employee's triggers reach one engine while it is
 # up; when it is down, the next one (ds_next_dst in the failure route).
 ENGINE_ALGORITHM = 7
 ENGINE_TIMEOUT_MS = 2000
-ENGINE_ACCEPT_HEADER = "X-Vpbx-Callback"
-TRIGGER_DID_HEADER = "X-Vpbx-Did"
-TRIGGER_CALLER_HEADER = "X-Vpbx-Employee"
 # Record-Route parameter of dialogs an engine placed: their media is the engine's.
 ENGINE_DIALOG = "vpbx=engine"
 # Record-Route parameters of every dialog the edge relays: until when its
 # in-dialog requests are relayed, and the edges' signature over it (RouteSigner).
 ROUTE_EXPIRES = "vpbx_exp"
 ROUTE_SIGNATURE = "vpbx_sig"
-REGSRC_TABLE = "vpbx_regsrc"
-# Banned sources (autoexpire = the ban time) and failed authentications per
-# source (autoexpire = the window they are counted in): kamailio.cfg.
-BAN_TABLE = "vpbx_ban"
-AUTH_FAIL_TABLE = "vpbx_authfail"
 # pv_auth_check results that are no failed attempt (stale nonce, no
 # credentials, a nonce count replayed): a fresh challenge, not counted.
 AUTH_RECHALLENGE = (-4, -5, -6)
@@ -382,8 +373,11 @@ class VpbxRouter:
     def __init__(self, decide, model, routing, router, edge, signer):
         import netaddr
 
+        from vpbx import wire
         from vpbx.loglimit import LogLimiter
 
+        # The names the engines and kamailio.cfg share with this script.
+        self.wire = wire
         self._ipset = netaddr.IPSet
         self.signer = signer
         self.memory = MemoryGuard(edge.shm_reserve_percent, edge.overload_retry_after,
@@ -491,7 +485,7 @@ class VpbxRouter:
         if on_dmq_socket and is_dmq and source in self.edge.dmq_peers:
             KSR.dmq.handle_message()
             return STOP
-        if KSR.htable.sht_get(BAN_TABLE, source) is None:
+        if KSR.htable.sht_get(self.wire.BAN_TABLE, source) is None:
             KSR.info(f"{LOG_PREFIX}{method} from {source} dropped: "
                      f"{'not a SIP proxy of this PBX' if is_dmq else 'not KDMQ'} on the replication socket\n"
                      if on_dmq_socket else
@@ -499,7 +493,7 @@ class VpbxRouter:
         return STOP
 
     def ksr_route_shield(self, source):
-        if KSR.htable.sht_get(BAN_TABLE, source) is not None:
+        if KSR.htable.sht_get(self.wire.BAN_TABLE, source) is not None:
             return STOP
         if self.trusted(source):
             return GO_ON
@@ -514,25 +508,25 @@ class VpbxRouter:
 
     def trusted(self, source):
         """Trunks, engines and the admin's trusted sources are never banned."""
-        return source in self.never_banned or KSR.dispatcher.ds_is_from_list(ENGINE_SET) > 0
+        return source in self.never_banned or KSR.dispatcher.ds_is_from_list(self.wire.ENGINE_SET) > 0
 
     def ban(self, source, reason, why=None):
         """`reason`: the counter's label (flooding, scanner, authentication); `why`: the log's words."""
-        KSR.htable.sht_seti(BAN_TABLE, source, 1)
+        KSR.htable.sht_seti(self.wire.BAN_TABLE, source, 1)
         KSR.xhttp_prom.counter_inc_l1(BANS_METRIC, 1, reason)
         KSR.notice(f"{LOG_PREFIX}ban: {source} banned ({why or reason}), its requests are dropped\n")
 
     def auth_failed(self, source, user, rc):
         """Credentials that do not verify: counted per source; too many in the window ban it."""
-        if KSR.htable.sht_get(AUTH_FAIL_TABLE, source) is None:
-            KSR.htable.sht_seti(AUTH_FAIL_TABLE, source, 1)
+        if KSR.htable.sht_get(self.wire.AUTH_FAIL_TABLE, source) is None:
+            KSR.htable.sht_seti(self.wire.AUTH_FAIL_TABLE, source, 1)
             failures = 1
         else:
-            failures = KSR.htable.sht_inc(AUTH_FAIL_TABLE, source)
+            failures = KSR.htable.sht_inc(self.wire.AUTH_FAIL_TABLE, source)
         KSR.info(f"{LOG_PREFIX}authentication of {user} from {source} failed "
                  f"(auth {rc}, {failures} in a row)\n")
         if failures >= self.edge.auth_failures:
-            KSR.htable.sht_rm(AUTH_FAIL_TABLE, source)
+            KSR.htable.sht_rm(self.wire.AUTH_FAIL_TABLE, source)
             self.ban(source, "authentication", f"{failures} failed authentications")
 
     def ksr_route_reqinit(self, source, method):
@@ -633,7 +627,7 @@ class VpbxRouter:
             KSR.notice(f"{LOG_PREFIX}REGISTER of {user} from {source} not saved: refused by the "
                        f"registrar (its error line says why)\n")
         else:
-            KSR.htable.sht_sets(REGSRC_TABLE, source, user)
+            KSR.htable.sht_sets(self.wire.REGSRC_TABLE, source, user)
         # The registrar's own answer: 200 with the bindings, or its error.
         KSR.registrar.reg_send_reply()
         return STOP
@@ -653,7 +647,7 @@ class VpbxRouter:
         """Whether an extension registered from `source`: this edge's table of sources, else the
         bindings of the extension the request claims to be (From), which may have been saved
         through another edge or before a restart of this one."""
-        if KSR.htable.sht_get(REGSRC_TABLE, source) is not None:
+        if KSR.htable.sht_get(self.wire.REGSRC_TABLE, source) is not None:
             return True
         user = KSR.pv.get("$fU")
         if user not in self.config.extensions:
@@ -667,14 +661,14 @@ class VpbxRouter:
             KSR.registrar.reg_free_contacts(BINDINGS)
         if source not in received_hosts(received):
             return False
-        KSR.htable.sht_sets(REGSRC_TABLE, source, user)
+        KSR.htable.sht_sets(self.wire.REGSRC_TABLE, source, user)
         return True
 
     def ksr_route_origin(self, source):
         trunk = self.router.trunk_for(source)
         if trunk is not None:
             return self.decide.FromTrunk(trunk, self.verification(trunk))
-        if KSR.dispatcher.ds_is_from_list(ENGINE_SET) > 0:
+        if KSR.dispatcher.ds_is_from_list(self.wire.ENGINE_SET) > 0:
             return self.decide.FromEngine()
         user = KSR.pv.get("$au")
         if not user:
@@ -752,7 +746,7 @@ class VpbxRouter:
             return
         KSR.pv.sets(AVP_DID, action.did)
         KSR.pv.sets(AVP_CALLER, action.caller)
-        if KSR.dispatcher.ds_select_dst(ENGINE_SET, ENGINE_ALGORITHM) < 0:
+        if KSR.dispatcher.ds_select_dst(self.wire.ENGINE_SET, ENGINE_ALGORITHM) < 0:
             KSR.info(f"{LOG_PREFIX}no callback engine up, {action.did} routed by its scheme\n")
             self.ksr_route_scheme_step(action.did, 0)
             return
@@ -871,8 +865,8 @@ class VpbxRouter:
     def ksr_branch_trigger(self, msg):
         # Only the branch to the engine is told the decision, in E.164, so it
         # need not parse the carrier's notation.
-        KSR.hdr.append(f"{TRIGGER_DID_HEADER}: {KSR.pv.get(AVP_DID)}\r\n")
-        KSR.hdr.append(f"{TRIGGER_CALLER_HEADER}: {KSR.pv.get(AVP_CALLER)}\r\n")
+        KSR.hdr.append(f"{self.wire.DID_HEADER}: {KSR.pv.get(AVP_DID)}\r\n")
+        KSR.hdr.append(f"{self.wire.EMPLOYEE_HEADER}: {KSR.pv.get(AVP_CALLER)}\r\n")
         return 1
 
     def ksr_onreply_manage(self, msg):
@@ -894,7 +888,7 @@ class VpbxRouter:
         did = KSR.pv.get(AVP_DID)
         trigger_code = KSR.pv.get(AVP_TRIGGER)
         if trigger_code is not None and did in self.config.numbers:
-            if KSR.pv.get(f"$T_rpl($hdr({ENGINE_ACCEPT_HEADER}))"):
+            if KSR.pv.get(f"$T_rpl($hdr({self.wire.ACCEPT_HEADER}))"):
                 KSR.tm.t_reply(int(trigger_code), "Call Back Follows")
             elif KSR.dispatcher.ds_next_dst() > 0:
                 KSR.tm.t_on_failure(FAILURE_ROUTE)

@@ -32,7 +32,7 @@ from vpbx_testing.raw_sip import RawSip
 from vpbx_testing.rtp_pcap import dtmf_then_tone_pcap, tone_pcap
 
 from callbackd.config import load_settings
-from vpbx import model
+from vpbx import model, wire
 
 KAMAILIO_CFG = Path("/etc/kamailio/kamailio.cfg")
 RTPENGINE_CONF = Path("/etc/rtpengine/rtpengine.conf")
@@ -151,7 +151,7 @@ def test_a_ban_is_counted_by_its_reason(lab, pbx_address, endpoints):
             assert sip.ask(scan) is None
         after = scrape(endpoints["kamailio"])
     finally:
-        subprocess.run(["kamcmd", "-s", KAMAILIO_CTL, "htable.delete", "vpbx_ban", attacker],
+        subprocess.run(["kamcmd", "-s", KAMAILIO_CTL, "htable.delete", wire.BAN_TABLE, attacker],
                        capture_output=True, check=False)
     assert moved(before, after)("kamailio_vpbx_bans_total", reason="scanner") == 1
 

@@ -19,6 +19,7 @@ from vpbx_testing.peers import callee_keys, caller_keys
 from vpbx_testing.raw_sip import RawSip, call_as_extension, listen_udp, received, status_code
 
 from callbackd.rtpengine import NgClient
+from vpbx import wire
 
 CALL_TIMEOUT = 25
 CALLBACK_TIMEOUT = 40
@@ -45,9 +46,9 @@ def attacker(attackers):
     """A fresh attacker address; any ban on it is lifted after the test."""
     ip = next(attackers)
     yield ip
-    subprocess.run(["kamcmd", "-s", KAMAILIO_CTL, "htable.delete", "vpbx_ban", ip],
+    subprocess.run(["kamcmd", "-s", KAMAILIO_CTL, "htable.delete", wire.BAN_TABLE, ip],
                    capture_output=True, check=False)
-    subprocess.run(["kamcmd", "-s", KAMAILIO_CTL, "htable.delete", "vpbx_authfail", ip],
+    subprocess.run(["kamcmd", "-s", KAMAILIO_CTL, "htable.delete", wire.AUTH_FAIL_TABLE, ip],
                    capture_output=True, check=False)
 
 
@@ -144,7 +145,7 @@ def test_a_forged_employee_header_from_the_carrier_does_not_choose_who_is_called
     other = sorted(n for n in lab.number_lists[callback_did.callback.list] if n != listed_caller)
     if not other:
         pytest.skip("the callback list needs two numbers")
-    keys = caller_keys(callback_did.number, listed_caller, header=f"X-Vpbx-Employee: {other[0]}")
+    keys = caller_keys(callback_did.number, listed_caller, header=f"{wire.EMPLOYEE_HEADER}: {other[0]}")
     keys["code"] = callback_did.callback.reject_code
     # The call-back rings the caller, not the number the forged header names.
     employee = sipp.start_uas("callee.xml", carrier_ip, trunk_port,

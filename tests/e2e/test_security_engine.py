@@ -19,6 +19,8 @@ from test_callback import EMPLOYEE_SSRC, FLOW_TIMEOUT, far_end_keys, media_of, t
 from vpbx_testing import health
 from vpbx_testing.rtp_pcap import dtmf_then_tone_pcap, tone_pcap
 
+from vpbx import wire
+
 TRIGGER_SCENARIO = REPO / "tests" / "integration" / "scenarios" / "trigger_uac.xml"
 CDR_FILE = Path("/var/log/vpbx/cdr.jsonl")
 ENGINE_LOG = Path("/var/log/vpbx/callbackd.log")
@@ -90,8 +92,8 @@ def test_a_trigger_straight_to_the_engine_from_a_stranger_gets_403_and_calls_nob
     # The stranger forges what the edge would add, and talks to the engine directly.
     forged = sipp.run_uac(TRIGGER_SCENARIO, stranger_ip, f"{engine_sip[0]}:{engine_sip[1]}", {
         "did": callback_did.number, "caller": listed_caller,
-        "did_header": f"X-Vpbx-Did: {callback_did.number}",
-        "employee_header": f"X-Vpbx-Employee: {listed_caller}", "header": "X-Vpbx-E2E: 1",
+        "did_header": f"{wire.DID_HEADER}: {callback_did.number}",
+        "employee_header": f"{wire.EMPLOYEE_HEADER}: {listed_caller}", "header": "X-Vpbx-E2E: 1",
     }, timeout=25)
     assert forged.log_lines() == ["final 403 x-vpbx-callback="]
     log.wait_for(rf"trigger from {re.escape(stranger_ip)}:\d+ {NOT_A_PROXY}")

@@ -26,7 +26,7 @@ from vpbx_testing.second_edge import KAMAILIO_CFG, KAMAILIO_CTL, SECOND_EDGE_IP
 from vpbx_testing.second_edge import second_edge as run_second_edge
 from vpbx_testing.waiting import wait_until
 
-from vpbx import model
+from vpbx import model, wire
 
 EDGE_SETTINGS = Path("/etc/kamailio/vpbx/edge.json")
 BACK_WAIT = 60.0
@@ -49,11 +49,11 @@ class Edge:
         return int(found.group(1)) if found else None
 
     def banned(self, ip: str) -> bool:
-        return "value" in self.kamcmd("htable.get", "vpbx_ban", ip)
+        return "value" in self.kamcmd("htable.get", wire.BAN_TABLE, ip)
 
     def lift(self, ip: str) -> None:
-        self.kamcmd("htable.delete", "vpbx_ban", ip)
-        self.kamcmd("htable.delete", "vpbx_authfail", ip)
+        self.kamcmd("htable.delete", wire.BAN_TABLE, ip)
+        self.kamcmd("htable.delete", wire.AUTH_FAIL_TABLE, ip)
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_wrong_passwords_guessed_at_both_edges_add_up_to_one_ban_while_the_phone
         assert [guesser.register(extension, f"guess-{uuid.uuid4().hex[:8]}") for _ in range(first)] \
             == [401] * first
     wait_until("every failed authentication reaches the second edge",
-               lambda: second_edge.count("vpbx_authfail", attacker) == first, BACK_WAIT)
+               lambda: second_edge.count(wire.AUTH_FAIL_TABLE, attacker) == first, BACK_WAIT)
     with RawSip(attacker, second_edge.sip) as guesser:
         assert [guesser.register(extension, f"guess-{uuid.uuid4().hex[:8]}") for _ in range(rest)] \
             == [401] * rest
@@ -168,7 +168,7 @@ def test_kdmq_from_a_stranger_is_dropped_and_lifts_no_ban(settings, first_edge, 
     ban_as_scanner(first_edge, attacker)
     wait_until("the ban reaches the second edge", lambda: second_edge.banned(attacker), BACK_WAIT)
     # htable's own replication of a deletion (HT_DMQ_DEL_CELL), as a peer would send it.
-    body = json.dumps({"action": 4, "htname": "vpbx_ban", "cname": attacker, "type": 0, "strval": "",
+    body = json.dumps({"action": 4, "htname": wire.BAN_TABLE, "cname": attacker, "type": 0, "strval": "",
                        "intval": 0, "mode": 0})
     dmq_port = int(settings["dmq_peers"][0].rsplit(":", 1)[1])
     for edge, dmq in ((first_edge, model.HostPort(first_edge.sip.host, dmq_port)),

@@ -23,6 +23,7 @@ from vpbx_testing.sipp import SippRunner, free_udp_port
 from callbackd.engine import NOT_DECIDED
 from callbackd.sip import Leg, LegHandler, SipEndpoint
 from callbackd.trigger import BadTrigger, edge_decision
+from vpbx import wire
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 # Loopback addresses of this suite only (the deployed PBX owns other 127.x).
@@ -37,8 +38,8 @@ MOBILE = "+421905111222"
 SIPP_TIMEOUT = 15.0
 EVENT_WAIT = 10.0
 NO_HEADER = "X-Vpbx-Test: 1"
-DID_HEADER = f"X-Vpbx-Did: {DID}"
-EMPLOYEE_HEADER = f"X-Vpbx-Employee: {MOBILE}"
+DID_HEADER = f"{wire.DID_HEADER}: {DID}"
+EMPLOYEE_HEADER = f"{wire.EMPLOYEE_HEADER}: {MOBILE}"
 OFFER = (
     "v=0\n"
     "o=callbackd 1 1 IN IP4 127.0.0.200\n"
@@ -55,7 +56,7 @@ OFFER = (
 class Triggers:
     """The engine's on_trigger: records what it saw, answers as configured."""
 
-    ACCEPTED = (486, "Busy Here", [("X-Vpbx-Callback", "accepted")])
+    ACCEPTED = (486, "Busy Here", [(wire.ACCEPT_HEADER, wire.ACCEPTED)])
 
     def __init__(self) -> None:
         self.seen: queue.Queue[tuple[str, str, dict[str, list[str]]]] = queue.Queue()
@@ -312,7 +313,7 @@ def test_trigger_caller_comes_from_p_asserted_identity(engine, triggers, sipp):
         (200, "OK", []),
         (183, "Session Progress", []),
         RuntimeError("boom"),
-        (486, "Busy Here", [("X-Vpbx-Callback", "accepted\r\nX-Injected: 1")]),
+        (486, "Busy Here", [(wire.ACCEPT_HEADER, f"{wire.ACCEPTED}\r\nX-Injected: 1")]),
     ],
     ids=["200", "183", "exception", "header-injection"],
 )

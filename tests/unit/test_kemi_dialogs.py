@@ -8,6 +8,8 @@ since. The KEMI layer runs against the recording KSR stand-in of conftest.py.
 
 import pytest
 
+from vpbx import wire
+
 KEY = "k" * 64
 CALL_ID = "a84b4c76e66710@pc33.example.com"
 CALLER_TAG = "1928301774"
@@ -78,6 +80,7 @@ def test_a_missing_or_short_key_stops_the_router_from_loading(script):
 
 def router(script, signer):
     r = script.VpbxRouter.__new__(script.VpbxRouter)
+    r.wire = wire
     r.signer = signer
     return r
 
@@ -134,6 +137,7 @@ def test_every_dialog_the_edge_relays_is_record_routed_with_a_signature(script, 
 
 def dmq_router(script):
     r = script.VpbxRouter.__new__(script.VpbxRouter)
+    r.wire = wire
     r.edge = script.EdgeSettings(dmq_socket="vpbx_dmq", dmq_peers=["10.0.0.1:5062", "10.0.0.2:5062"])
     return r
 

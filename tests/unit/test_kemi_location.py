@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vpbx import decide
+from vpbx import decide, wire
 from vpbx.loglimit import LogLimiter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,6 +23,7 @@ def router(script, store=STORE, extensions=("100", "101")):
     """A VpbxRouter with just what these routes read: the edge's settings, the realm, the extensions."""
     edge = script.EdgeSettings(location_store=store, location_retry_after=30)
     r = script.VpbxRouter.__new__(script.VpbxRouter)
+    r.wire = wire
     r.edge = edge
     r.signer = script.RouteSigner("k" * 64, 43200)
     r.memory = script.MemoryGuard(0, 5, LogLimiter())
@@ -48,7 +49,7 @@ def test_the_trigger_is_hashed_over_the_employee_set_before_the_engine_is_chosen
     r.ksr_route_callback(decide.TriggerCallback(did="+421233000111", caller="+421905111222",
                                                 reply_code=486))
     caller_set = ksr.calls.index(("pv.sets", (script.AVP_CALLER, "+421905111222")))
-    engine_chosen = ksr.calls.index(("dispatcher.ds_select_dst", (script.ENGINE_SET, 7)))
+    engine_chosen = ksr.calls.index(("dispatcher.ds_select_dst", (wire.ENGINE_SET, 7)))
     assert caller_set < engine_chosen
 
 
@@ -84,7 +85,7 @@ def test_a_saved_register_is_answered_by_the_registrar_and_its_source_remembered
     register(ksr, router(script))
     assert ksr.called("registrar.save") == [("location", script.SAVE_NO_REPLY)]
     assert ksr.called("registrar.reg_send_reply") == [()]
-    assert ksr.called("htable.sht_sets") == [(script.REGSRC_TABLE, PHONE, "100")]
+    assert ksr.called("htable.sht_sets") == [(wire.REGSRC_TABLE, PHONE, "100")]
     assert not ksr.called("ndb_redis.redis_cmd")
 
 
@@ -110,7 +111,7 @@ def test_a_source_bound_in_the_store_is_registered_and_remembered(script, ksr):
     assert router(script).registered_from(PHONE)
     assert ksr.called("registrar.reg_fetch_contacts") == [("location", "sip:100@127.0.0.1", "vpbx_bindings")]
     assert ksr.called("registrar.reg_free_contacts") == [("vpbx_bindings",)]
-    assert ksr.called("htable.sht_sets") == [(script.REGSRC_TABLE, PHONE, "100")]
+    assert ksr.called("htable.sht_sets") == [(wire.REGSRC_TABLE, PHONE, "100")]
 
 
 def test_a_source_that_claims_an_extension_bound_elsewhere_is_not_registered(script, ksr):

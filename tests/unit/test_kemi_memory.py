@@ -6,6 +6,7 @@ against the recording KSR stand-in (conftest).
 
 import pytest
 
+from vpbx import wire
 from vpbx.loglimit import LogLimiter
 
 MB = 2**20
@@ -80,6 +81,7 @@ def test_no_reserve_refuses_nothing(ksr, script, clock):
 def edge_router(script, ksr, guard, method):
     """A VpbxRouter with just what the request route reads before deciding, for a `method` from the trunk."""
     r = script.VpbxRouter.__new__(script.VpbxRouter)
+    r.wire = wire
     r.edge = script.EdgeSettings()
     r.never_banned = {TRUNK}
     r.memory = guard
