@@ -65,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.config)
         os.umask(UMASK)
         log_file = setup_logging(settings.log_file)
-        routing = RoutingFile(settings.routing_file)
-        config = routing.load()
+        routing_file = RoutingFile(settings.routing_file)
+        routing = routing_file.load()
         prompts = Prompts(settings.prompts_dir)
-        prompts.check({d.callback.language for d in config.numbers.values() if d.callback})
+        prompts.check({d.callback.language for d in routing.numbers.values() if d.callback})
     except (SettingsError, PromptError, OSError, ValueError) as exc:
         print(f"callbackd: {exc}", file=sys.stderr)
         return 2
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.state_store:
         client = store.connect(settings.state_store)
         limits, claims = store.RedisLimits(client), store.Callbacks(client)
-    engine = Engine(settings, routing, config, NgClient(settings.rtpengine_ng),
+    engine = Engine(settings, routing_file, routing, NgClient(settings.rtpengine_ng),
                     CdrWriter(settings.cdr_file), prompts, limits=limits, claims=claims)
     sip = SipEndpoint(settings.sip_listen, engine.on_trigger, trusted=settings.trusted_proxies,
                       outbound_proxy=settings.proxy)
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sip.call_soon_threadsafe(stop))
     signal.signal(signal.SIGINT, lambda *_: sip.call_soon_threadsafe(stop))
     log.info("callbackd ready: SIP %s:%d, %d callback DIDs", *settings.sip_listen,
-             sum(1 for d in config.numbers.values() if d.callback and d.callback.enabled))
+             sum(1 for d in routing.numbers.values() if d.callback and d.callback.enabled))
     sip.run()
     return 0
 

@@ -103,15 +103,15 @@ def _ip(host: str) -> str:
 class Engine:
     """Takes triggers, runs sessions, writes CDRs."""
 
-    def __init__(self, settings: Settings, routing: RoutingFile, config: model.Config, ng: NgClient,
+    def __init__(self, settings: Settings, routing_file: RoutingFile, routing: model.Config, ng: NgClient,
                  cdr: CdrWriter, prompts: Prompts, limits: Limits | None = None,
                  claims: Callbacks | None = None):
-        """`config`: what `routing` loaded last; `limits`: the call-back counts (default: this
+        """`routing`: what `routing_file` loaded last; `limits`: the call-back counts (default: this
         engine's); `claims`: who holds each employee's call-back across engines (default: this
         engine's sessions alone)."""
         self.settings = settings
-        self.routing = routing
-        self.router = decide.Router(config)
+        self.routing_file = routing_file
+        self.router = decide.Router(routing)
         self.ng = ng
         self.cdr = cdr
         self.prompts = prompts
@@ -262,7 +262,7 @@ class Engine:
         """A replaced routing file applies to new triggers; sessions in progress keep theirs."""
         started = time.monotonic()
         try:
-            routing = self.routing.replaced()
+            routing = self.routing_file.replaced()
         except Exception as exc:
             log.error("new routing refused, keeping the routing in use: %s", exc)
             return
@@ -282,8 +282,8 @@ class Engine:
             metrics.TRIGGERS.labels("refused").inc()
             return NOT_DECIDED
         self.refresh_routing()
-        config = self.router.config
-        did = config.numbers.get(did_number)
+        routing = self.router.config
+        did = routing.numbers.get(did_number)
         # The edge decided already; a stale list or a stray INVITE still gets no call-back.
         if did is None or not self.router.is_listed(did, employee):
             log.info("trigger did=%s caller=%s: not a listed caller, refused", did_user, caller_user)
@@ -307,7 +307,7 @@ class Engine:
                 log.info("callback %s: repeated trigger from %s, no second call-back", holder, employee)
                 metrics.TRIGGERS.labels("repeated").inc()
                 return accepted
-            refusal = self._refusal(config, did, employee)
+            refusal = self._refusal(routing, did, employee)
         except StoreDown as exc:
             log.error("state store down (%s): %s on %s routed by the scheme", exc, employee, did.number)
             self._release(did.number, employee, callback_id)
@@ -324,13 +324,13 @@ class Engine:
         metrics.TRIGGERS.labels("accepted").inc()
         return accepted
 
-    def _refusal(self, config: model.Config, did: model.Did, employee: str):
+    def _refusal(self, routing: model.Config, did: model.Did, employee: str):
         """The reply that refuses a call-back over a limit, or None once it is counted."""
-        if len(self.sessions) >= config.callback_max_concurrent:
+        if len(self.sessions) >= routing.callback_max_concurrent:
             self._capacity_refusals.log(
                 log, logging.WARNING, "callback capacity: %d callbacks in progress "
                 "(vpbx_callback_max_concurrent %d), %s on %s routed by the scheme",
-                len(self.sessions), config.callback_max_concurrent, employee, did.number)
+                len(self.sessions), routing.callback_max_concurrent, employee, did.number)
             metrics.LIMIT_HITS.labels("max_concurrent").inc()
             return AT_CAPACITY
         settings = did.callback
@@ -503,8 +503,8 @@ class Session:
         answered legs are resumed from their dialogs; an unanswered INVITE can
         only be cancelled. The machine's `restarted` event says what follows.
         """
-        config = engine.router.config
-        did = config.numbers.get(record["did"])
+        routing = engine.router.config
+        did = routing.numbers.get(record["did"])
         if did is None or did.callback is None:
             # The DID was removed meanwhile: its callback still ends on both legs with its CDR.
             did = model.Did(record["did"], "", model.CallbackSettings(enabled=True, list=None,

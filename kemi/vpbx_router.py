@@ -154,12 +154,12 @@ def _fresh_vpbx():
 def timed(load, decide):
     """A decide.Router over what `load()` returns, with a log line saying how long it took."""
     started = time.monotonic()
-    config = load()
-    if config is None:
+    routing = load()
+    if routing is None:
         return None
-    router = decide.Router(config)
+    router = decide.Router(routing)
     KSR.info(f"{LOG_PREFIX}routing loaded in {(time.monotonic() - started) * 1000:.0f} ms: "
-             f"{len(config.numbers)} DIDs, {sum(len(v) for v in config.number_lists.values())} "
+             f"{len(routing.numbers)} DIDs, {sum(len(v) for v in routing.number_lists.values())} "
              f"listed numbers\n")
     return router
 
@@ -169,11 +169,11 @@ def mod_init():
     state = sys.modules.setdefault(STATE_MODULE, types.ModuleType(STATE_MODULE))
     try:
         _use_runtime()
-        decide, model, routing_file = _fresh_vpbx()
-        routing = routing_file.RoutingFile(ROUTING_FILE)
+        decide, model, vpbx_routing_file = _fresh_vpbx()
+        routing_file = vpbx_routing_file.RoutingFile(ROUTING_FILE)
         edge = EdgeSettings.load(EDGE_FILE)
         signer = RouteSigner(ROUTE_KEY_FILE.read_text().strip(), edge.dialog_lifetime)
-        state.router = VpbxRouter(decide, model, routing, timed(routing.load, decide), edge, signer)
+        state.router = VpbxRouter(decide, model, routing_file, timed(routing_file.load, decide), edge, signer)
     except Exception as exc:
         # A router that cannot load must not take Kamailio down with it.
         previous = getattr(state, "router", None)
@@ -370,7 +370,7 @@ class Unavailable:
 
 
 class VpbxRouter:
-    def __init__(self, decide, model, routing, router, edge, signer):
+    def __init__(self, decide, model, routing_file, router, edge, signer):
         import netaddr
 
         from vpbx import wire
@@ -384,7 +384,7 @@ class VpbxRouter:
                                   LogLimiter(burst=1, interval=MEMORY_LOG_INTERVAL))
         self.decide = decide
         self.model = model
-        self.routing = routing
+        self.routing_file = routing_file
         self.edge = edge
         # Started without the location store: this process never uses it.
         self.location_store_down = bool(edge.location_store) and KSR.kx.ifdef(STORE_DOWN_DEFINE) > 0
@@ -396,15 +396,16 @@ class VpbxRouter:
 
     def use(self, router):
         self.router = router
-        self.config = router.config
+        # The routing data (vpbx.model.Config) the router decides over.
+        self.routing = router.config
         self.realm = router.config.sip_listen.host
-        trunks = [cidr for t in self.config.trunks for cidr in t.inbound_sources]
+        trunks = [cidr for t in self.routing.trunks for cidr in t.inbound_sources]
         # Never banned: the carrier's sources, what the admin trusts, the other SIP proxies.
         self.never_banned = self._ipset(trunks) | self.edge.trusted | self._ipset(self.edge.dmq_peers)
         # Where no phone may be: calls ringing it would leave through a trunk,
         # reach an engine as a trigger, or loop through the PBX itself.
-        self.not_a_phone = (self._ipset(trunks) | self._ipset(t.address.host for t in self.config.trunks)
-                            | self._ipset([*self.edge.engine_hosts, self.config.sip_listen.host]))
+        self.not_a_phone = (self._ipset(trunks) | self._ipset(t.address.host for t in self.routing.trunks)
+                            | self._ipset([*self.edge.engine_hosts, self.routing.sip_listen.host]))
 
     def child_init(self, rank):
         return 0
@@ -415,7 +416,7 @@ class VpbxRouter:
     def refresh_routing(self):
         """Load routing.json if it was replaced since this worker loaded it (vpbx.routing_file)."""
         try:
-            router = timed(self.routing.replaced, self.decide)
+            router = timed(self.routing_file.replaced, self.decide)
         except Exception as exc:
             KSR.err(f"{LOG_PREFIX}new routing NOT loaded ({type(exc).__name__}: {exc}); "
                     f"keeping the routing in use\n")
@@ -591,9 +592,9 @@ class VpbxRouter:
             return STOP
         # An unknown extension is checked against a password nobody has, so it
         # answers exactly as a wrong password does: no extension enumeration.
-        password = self.config.extensions.get(user, NO_PASSWORD)
+        password = self.routing.extensions.get(user, NO_PASSWORD)
         rc = KSR.auth.pv_auth_check(self.realm, password, 0, 1)
-        if rc < 0 or user not in self.config.extensions:
+        if rc < 0 or user not in self.routing.extensions:
             # Every refusal is a new challenge, never a 403: a phone whose
             # nonce went stale (or predates a restart) just answers it again.
             if rc not in AUTH_RECHALLENGE:
@@ -650,7 +651,7 @@ class VpbxRouter:
         if KSR.htable.sht_get(self.wire.REGSRC_TABLE, source) is not None:
             return True
         user = KSR.pv.get("$fU")
-        if user not in self.config.extensions:
+        if user not in self.routing.extensions:
             return False
         if KSR.registrar.reg_fetch_contacts(LOCATION, f"sip:{user}@{self.realm}", BINDINGS) < 0:
             return False
@@ -677,11 +678,11 @@ class VpbxRouter:
                 return self.decide.FromStranger()
             KSR.auth.auth_challenge(self.realm, CHALLENGE_QOP)
             return None
-        rc = KSR.auth.pv_auth_check(self.realm, self.config.extensions.get(user, NO_PASSWORD), 0, 1)
+        rc = KSR.auth.pv_auth_check(self.realm, self.routing.extensions.get(user, NO_PASSWORD), 0, 1)
         if rc in AUTH_RECHALLENGE:
             KSR.auth.auth_challenge(self.realm, CHALLENGE_QOP)
             return None
-        if rc < 0 or user not in self.config.extensions:
+        if rc < 0 or user not in self.routing.extensions:
             self.auth_failed(source, user, rc)
             return self.decide.FromStranger()
         KSR.auth.consume_credentials()
@@ -887,7 +888,7 @@ class VpbxRouter:
             return 1
         did = KSR.pv.get(AVP_DID)
         trigger_code = KSR.pv.get(AVP_TRIGGER)
-        if trigger_code is not None and did in self.config.numbers:
+        if trigger_code is not None and did in self.routing.numbers:
             if KSR.pv.get(f"$T_rpl($hdr({self.wire.ACCEPT_HEADER}))"):
                 KSR.tm.t_reply(int(trigger_code), "Call Back Follows")
             elif KSR.dispatcher.ds_next_dst() > 0:
@@ -898,7 +899,7 @@ class VpbxRouter:
                 self.ksr_route_trigger_failed(did)
             return 1
         step = KSR.pv.get(AVP_STEP)
-        if did is None or step is None or did not in self.config.numbers:
+        if did is None or step is None or did not in self.routing.numbers:
             KSR.rtpengine.rtpengine_delete0()
             return 1
         code = KSR.pv.get("$T_reply_code")

@@ -30,7 +30,7 @@ def router(script, store=STORE, extensions=("100", "101")):
     r.location_store_down = False
     r.realm = "127.0.0.1"
     r.decide = decide
-    r.config = types.SimpleNamespace(extensions={e: f"secret-of-{e}-xyz" for e in extensions})
+    r.routing = types.SimpleNamespace(extensions={e: f"secret-of-{e}-xyz" for e in extensions})
     return r
 
 

@@ -49,8 +49,8 @@ def callback_did_and_list(variables: dict) -> tuple[str, dict]:
 
 def worker(script):
     """A worker's router as mod_init builds it, over the routing.json in place."""
-    routing = RoutingFile(script.ROUTING_FILE)
-    return script.VpbxRouter(decide, model, routing, script.timed(routing.load, decide),
+    routing_file = RoutingFile(script.ROUTING_FILE)
+    return script.VpbxRouter(decide, model, routing_file, script.timed(routing_file.load, decide),
                              script.EdgeSettings(engines=["127.0.0.1:5070"]),
                              script.RouteSigner("k" * 64, 43200))
 
