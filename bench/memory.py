@@ -23,6 +23,7 @@ every call was answered by its scheme. The lab is deployed again at the end.
 from __future__ import annotations
 
 import argparse
+import random
 import re
 import subprocess
 import sys
@@ -39,11 +40,11 @@ from lab import (
     callback_list,
     deploy,
     memory_kb,
-    numbered,
     pids_of,
     say,
     wait_until_quiet,
 )
+from reload import mobiles
 from vpbx_testing.second_edge import second_edge
 from vpbx_testing.sipp import NO_HEADER, SippRunner
 
@@ -56,7 +57,8 @@ DEFAULT_FILE = Path("/etc/default/kamailio")
 OLD_SHM_MB = 128
 FINAL = re.compile(r"final (\d+)")
 # Numbers of the long list: a prefix no lab number has.
-PREFIX = "+42190770"
+# The long list: mobiles of the numbering plan, the same draw every run.
+SEED = 5062
 CALLER = "+421905999002"  # on no list
 SAMPLE_EVERY = 0.25
 
@@ -149,7 +151,8 @@ def main() -> int:
     try:
         lab_rest = at_rest()
         say(f"$ deploy the lab, {args.numbers} numbers on {did.number}'s list ({work})")
-        seconds = deploy(bench_inventory(work, callback_list(numbered(PREFIX, args.numbers))))
+        numbers = mobiles(args.numbers, random.Random(SEED), set())
+        seconds = deploy(bench_inventory(work, callback_list(numbers)))
         say(f"deployed in {seconds:.0f} s")
         long_rest = at_rest()
         computed = deployed_shm_mb()
