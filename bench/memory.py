@@ -11,7 +11,10 @@ each shared memory size (the role's computed default, the old fixed 128 MB),
 it runs a second edge (vpbx_testing.second_edge: the deployed kamailio.cfg and
 KEMI router, the long list included) and has the carrier call it at each rate
 for `--seconds`: INVITEs to the lab's closed DID, each a tm transaction that
-its scheme answers 480 and that lives, ACKed, for tm's wait timer (5 s) as
+its scheme answers 480 (in the second edge's copy of the routing data the
+scheme first rings an extension nobody registers: the router refuses a
+scheme that only refuses statelessly, which takes no shared memory) and
+that lives, ACKed, for tm's wait timer (5 s) as
 every INVITE's does, without a far end or media relay to slow the edge
 down. Printed per size and rate: calls answered 480, refused with 503 (the
 edge short of memory says so), unanswered (silence), the most shared memory
@@ -45,7 +48,8 @@ from lab import (
     wait_until_quiet,
 )
 from reload import mobiles
-from vpbx_testing.second_edge import second_edge
+from vpbx_testing import health
+from vpbx_testing.second_edge import second_edge, stateful_refusal
 from vpbx_testing.sipp import NO_HEADER, SippRunner
 
 from vpbx import model
@@ -61,6 +65,8 @@ FINAL = re.compile(r"final (\d+)")
 SEED = 5062
 CALLER = "+421905999002"  # on no list
 SAMPLE_EVERY = 0.25
+# Several per UDP worker: the kernel hands each datagram to whichever worker waits.
+WARM_REQUESTS = 100
 
 
 def rpc(ctl: str, *command: str) -> str:
@@ -70,6 +76,14 @@ def rpc(ctl: str, *command: str) -> str:
 
 def figures(text: str) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"(\w+):\s*(\d+)", text)}
+
+
+def loaded(config: model.Config) -> None:
+    """Every worker of the deployed Kamailio has loaded the routing data deployed last: each
+    loads it at its next request, so the carrier asks enough times for each to get one."""
+    for _ in range(WARM_REQUESTS):
+        health.send_decision_probe(config.sip_listen, config.trunks[0].address.host,
+                                   health.not_a_did(config), CALLER)
 
 
 def at_rest(ctl: str = KAMAILIO_CTL) -> dict[str, float]:
@@ -149,11 +163,13 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="vpbx-bench-memory-"))
     results: dict[int, list[tuple[int, dict[str, int]]]] = {}
     try:
+        loaded(config)
         lab_rest = at_rest()
         say(f"$ deploy the lab, {args.numbers} numbers on {did.number}'s list ({work})")
         numbers = mobiles(args.numbers, random.Random(SEED), set())
         seconds = deploy(bench_inventory(work, callback_list(numbers)))
         say(f"deployed in {seconds:.0f} s")
+        loaded(config)
         long_rest = at_rest()
         computed = deployed_shm_mb()
         for name, rest in (("the lab's list", lab_rest), (f"{args.numbers} numbers", long_rest)):
@@ -167,7 +183,9 @@ def main() -> int:
         try:
             for size in (computed, OLD_SHM_MB):
                 results[size] = []
-                with second_edge(config.sip_listen, _fresh(work, f"edge-{size}"), shm_mb=size) as (edge, ctl):
+                workdir = _fresh(work, f"edge-{size}")
+                replace = stateful_refusal(workdir, closed.routing)
+                with second_edge(config.sip_listen, workdir, replace=replace, shm_mb=size) as (edge, ctl):
                     for rate in rates:
                         say(f"$ {size} MB: carrier calls at {rate}/s for {args.seconds} s")
                         outcome = calls_at(runner, str(edge), ctl, config.trunks[0].address.host,

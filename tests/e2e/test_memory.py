@@ -14,9 +14,7 @@ KEMI router's MemoryGuard, and Kamailio must never have run out (tm's
 from the carrier goes through the same edge.
 """
 
-import json
 import re
-import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -25,7 +23,7 @@ import pytest
 import yaml
 from conftest import REPO
 from vpbx_testing.peers import callee_keys, caller_keys
-from vpbx_testing.second_edge import second_edge
+from vpbx_testing.second_edge import second_edge, stateful_refusal
 from vpbx_testing.sipp import NO_HEADER
 from vpbx_testing.waiting import wait_until
 
@@ -33,9 +31,6 @@ from vpbx import model
 
 KAMAILIO_DEFAULTS = yaml.safe_load((REPO / "roles" / "kamailio" / "defaults" / "main.yml").read_text())
 KAMAILIO_LOG = Path(KAMAILIO_DEFAULTS["kamailio_log_file"])
-KEMI_DIR = Path(KAMAILIO_DEFAULTS["kamailio_kemi_dir"])
-# Rung before the closed scheme refuses; the tests unregister every phone when they end.
-UNREGISTERED_EXTENSION = "100"
 RETRY_AFTER = KAMAILIO_DEFAULTS["kamailio_overload_retry_after"]
 # The guard reads a statistic refreshed once per timer tick, which a busy
 # machine delays: the reserve must hold what arrives meanwhile. A fifth of the
@@ -67,23 +62,6 @@ def closed_did(lab: model.Config) -> model.Did:
     pytest.skip("the inventory has no DID whose scheme starts with reject 480")
 
 
-def stateful_refusal(workdir: Path, closed: model.Did) -> dict[str, str]:
-    """A copy of the KEMI router's directory whose scheme of `closed` rings an extension first,
-    so that its refusal comes from a transaction, and whose reserve is RESERVE_PERCENT;
-    second_edge's replacements that load it."""
-    copy = workdir / "kemi"
-    shutil.copytree(KEMI_DIR, copy)
-    edge = json.loads((copy / "edge.json").read_text())
-    edge["shm_reserve_percent"] = RESERVE_PERCENT
-    (copy / "edge.json").write_text(json.dumps(edge))
-    routing = json.loads((copy / "routing.json").read_text())
-    for scheme in routing["vpbx_routing_schemes"]:
-        if scheme["name"] == closed.routing:
-            scheme["steps"].insert(0, {"ring": [UNREGISTERED_EXTENSION], "timeout": 5})
-    (copy / "routing.json").write_text(json.dumps(routing))
-    return {f"{KEMI_DIR}/vpbx_router.py": f"{copy}/vpbx_router.py"}
-
-
 def shm_free_mb(ctl: str) -> float:
     out = subprocess.run(["kamcmd", "-s", ctl, "core.shmmem"], capture_output=True, text=True,
                          check=True, timeout=10).stdout
@@ -95,8 +73,8 @@ def test_a_flood_beyond_memory_gets_503s_not_silence_and_the_next_call_goes_thro
     forward_number, tmp_path,
 ):
     log_start = KAMAILIO_LOG.stat().st_size
-    with second_edge(pbx_address, tmp_path, replace=stateful_refusal(tmp_path, closed_did),
-                     shm_mb=SMALL_SHM_MB) as (edge, ctl):
+    replace = stateful_refusal(tmp_path, closed_did.routing, RESERVE_PERCENT)
+    with second_edge(pbx_address, tmp_path, replace=replace, shm_mb=SMALL_SHM_MB) as (edge, ctl):
         calls = FLOOD_RATE * FLOOD_SECONDS
         flood = sipp.run_uac("carrier_flood.xml", carrier_ip, str(edge),
                              {"did": closed_did.number, "caller": unlisted_caller,

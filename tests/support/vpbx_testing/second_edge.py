@@ -8,8 +8,10 @@ state store can tell.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -21,6 +23,9 @@ from vpbx_testing import health
 from vpbx_testing.waiting import wait_until
 
 KAMAILIO_CFG = Path("/etc/kamailio/kamailio.cfg")
+KEMI_DIR = Path("/etc/kamailio/vpbx")
+# Rung before a closed scheme refuses; no phone registers it while a flood runs.
+UNREGISTERED_EXTENSION = "100"
 KAMAILIO_CTL = "unix:/run/kamailio/kamailio_ctl"
 # A loopback address no trunk, phone or stranger of the lab uses.
 SECOND_EDGE_IP = "127.0.0.2"
@@ -59,3 +64,22 @@ def second_edge(pbx_address: model.HostPort, workdir: Path,
         # Its main process and workers, and nothing else: they are its own session.
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(START_WAIT)
+
+
+def stateful_refusal(workdir: Path, scheme: str, reserve_percent: int | None = None) -> dict[str, str]:
+    """second_edge's replacements that load a copy of the KEMI router's directory in which
+    `scheme` rings an extension first, so that its refusal comes from a tm transaction
+    (the router refuses a scheme that only refuses statelessly, which takes no shared
+    memory), and whose shared-memory reserve is `reserve_percent` if given."""
+    copy = workdir / "kemi"
+    shutil.copytree(KEMI_DIR, copy)
+    if reserve_percent is not None:
+        edge = json.loads((copy / "edge.json").read_text())
+        edge["shm_reserve_percent"] = reserve_percent
+        (copy / "edge.json").write_text(json.dumps(edge))
+    routing = json.loads((copy / "routing.json").read_text())
+    for found in routing["vpbx_routing_schemes"]:
+        if found["name"] == scheme:
+            found["steps"].insert(0, {"ring": [UNREGISTERED_EXTENSION], "timeout": 5})
+    (copy / "routing.json").write_text(json.dumps(routing))
+    return {f"{KEMI_DIR}/vpbx_router.py": f"{copy}/vpbx_router.py"}
