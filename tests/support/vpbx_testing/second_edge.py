@@ -18,12 +18,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
+
 from vpbx import model
 from vpbx_testing import health
 from vpbx_testing.waiting import wait_until
 
 KAMAILIO_CFG = Path("/etc/kamailio/kamailio.cfg")
-KEMI_DIR = Path("/etc/kamailio/vpbx")
+KEMI_DIR = Path(yaml.safe_load(health.KAMAILIO_DEFAULTS.read_text())["kamailio_kemi_dir"])
 # Rung before a closed scheme refuses; no phone registers it while a flood runs.
 UNREGISTERED_EXTENSION = "100"
 KAMAILIO_CTL = "unix:/run/kamailio/kamailio_ctl"
