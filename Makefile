@@ -82,7 +82,7 @@ cluster-down: venv
 	python -m cluster down
 
 ## bench: the figures of bench/RESULTS.md, on the lab deploy (not part of test)
-bench: venv
+bench: tools
 	python bench/decision.py
 	python bench/deployed_router.py
 	python bench/callback_latency.py
