@@ -17,6 +17,10 @@ each rate in the same run:
              retransmission checks, Record-Route, one xlog line, a stateful 480
   stateless  the same without tm: a stateless 480
 
+Every side logs through the lab's rsyslog, the natives by a rule of the run's
+(its own facility, its own file), and every side's CPU counts rsyslog's: the
+same log line costs every side the same.
+
 Printed: each side's highest passing rate and its CPU per call, the ratios
 deployed/same-work and deployed/stateless. Then the router's levers, each
 turned off alone in the deployed script (its text patched, `app_python.reload`)
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import random
 import shlex
 import signal
@@ -46,6 +51,7 @@ from decision_data import random_mobile
 from kamailio_instance import BenchError, DeployedKamailio, Kamailio, stop_all
 from report import best, common_rate, publish, ratio, step_at, us
 from sipp_load import Traffic, check_replies, judge, lockstep_ramp, ms, ramp_outcome, run_sipp
+from vpbx_testing import services
 
 BENCH = lab.REPO / "bench" / "deployed"
 NATIVE_CFG = BENCH / "native.cfg"
@@ -57,6 +63,10 @@ BENCH_DID = "+421233000900"
 BENCH_LIST = "bench-callers"
 REPLY = 480
 PORTS = {"same-work": 5263, "stateless": 5264}
+# The natives log through the lab's rsyslog as the deployed edge does (its facility is local0),
+# each to a file of the run, by a rule that lives only while the bench runs.
+FACILITIES = {"same-work": "LOG_LOCAL6", "stateless": "LOG_LOCAL7"}
+SYSLOG_RULE = Path("/etc/rsyslog.d/29-vpbx-bench-natives.conf")
 SIDES = ("deployed", "same-work", "stateless")
 CHILDREN = 4  # kamailio_children of the lab
 SHM_MB = 1024
@@ -169,11 +179,28 @@ def natives(rundir: Path, shm_mb: int) -> list[Kamailio]:
                 rundir / side,
                 NATIVE_CFG,
                 PORTS[side],
-                {"CHILDREN": str(CHILDREN), "DEFINE": define},
+                {"CHILDREN": str(CHILDREN), "DEFINE": define, "LOG_FACILITY": FACILITIES[side]},
                 shm_mb,
+                log_to_stderr=False,
             )
         )
     return out
+
+
+@contextlib.contextmanager
+def natives_syslog(rundir: Path):
+    """rsyslog writes each native's lines to its run directory while the bench runs."""
+    rules = "".join(
+        f"{facility.lower().removeprefix('log_')}.* {rundir / side / 'syslog.log'}\n& stop\n"
+        for side, facility in FACILITIES.items()
+    )
+    SYSLOG_RULE.write_text("# Written by bench/deployed_router.py while it runs.\n" + rules)
+    try:
+        services.restart("rsyslog")
+        yield
+    finally:
+        SYSLOG_RULE.unlink(missing_ok=True)
+        services.restart("rsyslog")
 
 
 def reload_router(edge: DeployedKamailio, traffic: Traffic, workdir: Path) -> None:
@@ -246,8 +273,8 @@ def report(results: dict, args_line: str) -> str:
         f"{results['shm_mb']}`; the natives run with `-m {results['shm_mb']}`, {CHILDREN} UDP "
         f"children like the lab. SIPp at the trunk's address calls the DID from callers not on the "
         f"list (E.164, `00…`, national `0…` in turn): every call is decided in full and refused with "
-        f"{REPLY}. The deployed router logs its decision line through syslog (rsyslog's CPU is not "
-        f"counted), the natives their xlog line to a file. Kamailio's `routing loaded` line: "
+        f"{REPLY}. Every side logs its decision line through the lab's rsyslog (the natives to files "
+        f"of their own), and every side's CPU per call counts rsyslog's. Kamailio's `routing loaded` line: "
         f"`{results.get('loaded', '-')}`\n",
         "| side | max rate | p95 | µs/call at the common rate | shm used |",
         "|---|---:|---:|---:|---:|",
@@ -352,30 +379,33 @@ def main(argv: list[str] | None = None) -> int:
             if not deployed.alive():
                 raise BenchError("the deployed Kamailio does not run")
             edges = [deployed, *natives(workdir, args.shm)]
-            for edge in edges[1:]:
-                edge.start()
-            for edge in edges:
-                check_replies(edge, traffic, workdir / "check" / edge.side)
-                results["sides"][edge.side] = {"command": edge.command, "memory": edge.memory()}
-            loaded = [ln for ln in deployed.tail(400).splitlines() if ROUTING_LOADED in ln]
-            results["loaded"] = loaded[-1].split("vpbx: ", 1)[-1] if loaded else ""
-            ramps = lockstep_ramp(
-                edges, traffic, rates, seconds, 1 if args.quick else REFINE, workdir / "ramp"
-            )
-            for edge in edges:
-                steps, top = ramps[edge.side]
-                results["sides"][edge.side].update(
-                    steps=[asdict(s) for s in steps],
-                    best=asdict(top) if top else None,
-                    stop=ramp_outcome(steps),
-                    memory_after=edge.memory(),
+            with natives_syslog(workdir):
+                for edge in edges:
+                    edge.counts_syslog = True
+                for edge in edges[1:]:
+                    edge.start()
+                for edge in edges:
+                    check_replies(edge, traffic, workdir / "check" / edge.side)
+                    results["sides"][edge.side] = {"command": edge.command, "memory": edge.memory()}
+                loaded = [ln for ln in deployed.tail(400).splitlines() if ROUTING_LOADED in ln]
+                results["loaded"] = loaded[-1].split("vpbx: ", 1)[-1] if loaded else ""
+                ramps = lockstep_ramp(
+                    edges, traffic, rates, seconds, 1 if args.quick else REFINE, workdir / "ramp"
                 )
-            for edge in edges[1:]:
-                edge.stop()
-            if not args.no_levers:
-                results["levers"] = lever_rounds(
-                    deployed, traffic, LEVER_RATE, seconds, results["lever_rounds"], workdir / "levers"
-                )
+                for edge in edges:
+                    steps, top = ramps[edge.side]
+                    results["sides"][edge.side].update(
+                        steps=[asdict(s) for s in steps],
+                        best=asdict(top) if top else None,
+                        stop=ramp_outcome(steps),
+                        memory_after=edge.memory(),
+                    )
+                for edge in edges[1:]:
+                    edge.stop()
+                if not args.no_levers:
+                    results["levers"] = lever_rounds(
+                        deployed, traffic, LEVER_RATE, seconds, results["lever_rounds"], workdir / "levers"
+                    )
         finally:
             stop_all()
             if not args.no_redeploy:

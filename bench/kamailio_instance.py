@@ -86,8 +86,13 @@ class _Measured:
     def tail(self, lines: int = 15) -> str:
         return ""
 
+    # True when the instance logs through the syslog daemon: its CPU is then part of the instance's.
+    # Only one instance is under load at a time, so the daemon's CPU in a step is that instance's.
+    counts_syslog: bool = False
+
     def cpu_seconds(self) -> float:
-        return sum(lab.cpu_seconds(pid) for pid in self.pids())
+        pids = self.pids() + (lab.pids_of(["-x", "rsyslogd"]) if self.counts_syslog else [])
+        return sum(lab.cpu_seconds(pid) for pid in pids)
 
     def rpc(self, *args: str, timeout: float = 15) -> str:
         out = subprocess.run([KAMCMD, "-s", f"unix:{self.ctl}", *args],
@@ -125,7 +130,8 @@ class Kamailio(_Measured):
     (LISTEN and CTL are the instance's own), run in `rundir`."""
 
     def __init__(self, side: str, rundir: Path, template: Path, port: int, subs: dict[str, str],
-                 shm_mb: int, env: dict[str, str] | None = None, pkg_mb: int = PKG_MB):
+                 shm_mb: int, env: dict[str, str] | None = None, pkg_mb: int = PKG_MB,
+                 log_to_stderr: bool = True):
         self.side = side
         self.port = port
         self.rundir = rundir
@@ -143,8 +149,9 @@ class Kamailio(_Measured):
         self.cfg.write_text(text)
         self.env = {**os.environ, **(env or {})}
         self.env_text = "".join(f"{k}={v} " for k, v in (env or {}).items())
-        self.argv = [KAMAILIO, "-f", str(self.cfg), "-DD", "-E", "-m", str(shm_mb), "-M", str(pkg_mb),
-                     "-w", str(rundir), "-Y", str(rundir)]
+        # Without -E the configuration's own log_stderror and log_facility hold (syslog).
+        self.argv = [KAMAILIO, "-f", str(self.cfg), "-DD", *(["-E"] if log_to_stderr else []),
+                     "-m", str(shm_mb), "-M", str(pkg_mb), "-w", str(rundir), "-Y", str(rundir)]
         self.proc: subprocess.Popen | None = None
         self.start_seconds = 0.0
 
