@@ -73,12 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"callbackd: {exc}", file=sys.stderr)
         return 2
 
-    limits = claims = None
+    limits = claims = last_clients = None
     if settings.state_store:
         client = store.connect(settings.state_store)
         limits, claims = store.RedisLimits(client), store.Callbacks(client)
+        last_clients = store.RedisLastClients(client)
     engine = Engine(settings, routing_file, routing, NgClient(settings.rtpengine_ng),
-                    CdrWriter(settings.cdr_file), prompts, limits=limits, claims=claims)
+                    CdrWriter(settings.cdr_file), prompts, limits=limits, claims=claims,
+                    last_clients=last_clients)
     sip = SipEndpoint(settings.sip_listen, engine.on_trigger, trusted=settings.trusted_proxies,
                       outbound_proxy=settings.proxy)
     engine.attach(sip)

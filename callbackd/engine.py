@@ -48,6 +48,7 @@ from callbackd import events, machine, metrics
 from callbackd.cdr import CdrWriter
 from callbackd.config import Settings, canonical_ip
 from callbackd.dtmf import parse_rtpengine_log, sent_by
+from callbackd.last_client import LastClients, MemoryLastClients
 from callbackd.limits import Limits, MemoryLimits
 from callbackd.prompts import Prompts
 from callbackd.recording import Recording, convert_recording, find_recording, remove_recording
@@ -105,10 +106,10 @@ class Engine:
 
     def __init__(self, settings: Settings, routing_file: RoutingFile, routing: model.Config, ng: NgClient,
                  cdr: CdrWriter, prompts: Prompts, limits: Limits | None = None,
-                 claims: Callbacks | None = None):
+                 claims: Callbacks | None = None, last_clients: LastClients | None = None):
         """`routing`: what `routing_file` loaded last; `limits`: the call-back counts (default: this
         engine's); `claims`: who holds each employee's call-back across engines (default: this
-        engine's sessions alone)."""
+        engine's sessions alone); `last_clients`: whom `**` redials (default: this engine's)."""
         self.settings = settings
         self.routing_file = routing_file
         self.router = decide.Router(routing)
@@ -129,6 +130,7 @@ class Engine:
         self._dtmf_refusals = LogLimiter()
         self.limits = limits if limits is not None else MemoryLimits()
         self.claims = claims
+        self.last_clients = last_clients if last_clients is not None else MemoryLastClients()
         # This engine's name in the shared claims: its SIP address is unique among engines.
         self.name = "{}:{}".format(*settings.sip_listen)
         # A flood at capacity is the caller's to make: its log lines are capped.
@@ -342,6 +344,23 @@ class Engine:
             return OVER_LIMIT
         return None
 
+    def last_client(self, did: str, employee: str) -> str | None:
+        """Whom `**` redials; a store that is down has none (the employee hears "invalid number")."""
+        try:
+            return self.last_clients.get(did, employee, time.time())
+        except StoreDown as exc:
+            self._store_refusals.log(log, logging.ERROR, "state store down (%s): no last client of %s on %s",
+                                     exc, employee, did)
+            return None
+
+    def remember_client(self, did: str, employee: str, e164: str) -> None:
+        """The client call placed is the one `**` redials next; a store that is down forgets it."""
+        try:
+            self.last_clients.put(did, employee, e164, time.time())
+        except StoreDown as exc:
+            self._store_refusals.log(log, logging.ERROR, "state store down (%s): last client of %s on %s "
+                                     "not kept", exc, employee, did)
+
     def _token(self, callback_id: str) -> str:
         """What this engine's claim on a callback holds: its own name first (see store.drop_engine)."""
         return f"{self.name}/{callback_id}"
@@ -477,7 +496,8 @@ class Session:
         self.machine = machine.Callback(
             did.number, employee, settings, engine.router.config.default_country,
             engine.prompts.seconds(did.number, settings.language),
-            engine.settings.client_ring_timeout, time.time())
+            engine.settings.client_ring_timeout, time.time(),
+            last_client=engine.last_client(did.number, employee))
         self.machine.cdr.id = self.id
         self.ng = engine.relay()  # the media relay of this callback
         self.media_placed = False  # RTPengine holds the call: it stays on that relay
@@ -623,6 +643,7 @@ class Session:
                 self.client_leg = self.sip.originate(
                     f"{self.id}-client", self._uri(e164), self.did.number, self.pbx_sdp,
                     self.engine.settings.client_ring_timeout + LEG_RING_MARGIN_S, ClientLeg(self))
+                self.engine.remember_client(self.did.number, self.employee, e164)
                 if self._keyed_at is not None:
                     metrics.DIGITS_TO_CLIENT.observe(time.monotonic() - self._keyed_at)
             case machine.CancelClient() | machine.HangUpClient():

@@ -15,6 +15,13 @@ Rules of the road:
 - `Finished(cdr)` is the last command, exactly once; every later event returns [].
 - A DID's PIN is compared here and nowhere else; no command or CDR carries
   what was typed for it.
+- Keys at the number prompt: digits, `#` ends the number, `*` clears it, and
+  `**` as the whole entry (the second star on an entry a star left empty, no
+  digit between) redials at once, no `#` after it: the employee's last client
+  on this DID (`last_client`, read by the engine from the state store when the
+  call-back starts), checked by the policy like a typed number. A `*` after
+  digits only clears them, so a slip and a clear never redial; at the PIN
+  prompt `*` only clears.
 """
 
 import enum
@@ -61,6 +68,8 @@ NUMBER_KEYS = frozenset("0123456789")
 CLEAR_KEY = "*"
 END_KEY = "#"
 KEYS = NUMBER_KEYS | {CLEAR_KEY, END_KEY}
+# What a redial's CDR says the employee typed.
+REDIAL_KEYS = CLEAR_KEY * 2
 
 # Final replies from the client's side, by what the employee is told. 603 is a
 # person declining the call, like busy, not a fault of the PBX. Tuples, not sets:
@@ -196,6 +205,8 @@ class Cdr:
     # "employee", "client", "engine", "limit" (max_call_minutes) or "engine_restart"
     # (the engine restarted while the employee was being asked for digits)
     ended_by: str | None = None
+    # The number tried last was the employee's last client, asked for with `**`.
+    redial: bool = False
 
     def to_json_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -232,7 +243,9 @@ class Callback:
         prompt_seconds: Mapping[str, float],
         client_ring_timeout: float,
         now: float,
+        last_client: str | None = None,
     ):
+        """`last_client`: the E.164 number `employee` last called through `did`, what `**` dials."""
         missing = [name for name in Prompt if name not in prompt_seconds]
         if missing:
             raise ValueError(f"prompt_seconds lacks {', '.join(missing)}")
@@ -240,10 +253,12 @@ class Callback:
         self.country = country
         self.prompt_seconds = dict(prompt_seconds)
         self.client_ring_timeout = client_ring_timeout
+        self.last_client = last_client
         self.cdr = Cdr(did=did, employee=employee, trigger_at=now)
         self.state = State.NEW
         self._timers: set[str] = set()
         self._digits = ""
+        self._star_on_empty = False  # the entry so far is one star: a second one redials
         self._keys_pressed = False  # any key at all: a person, not a voicemail
         self._failed_numbers = 0
         self._pin_accepted = settings.pin is None
@@ -403,8 +418,12 @@ class Callback:
         if digit == END_KEY:
             return out + self._evaluate(now)
         if digit == CLEAR_KEY:
+            if self._star_on_empty and self.state is State.COLLECTING:
+                return out + self._evaluate(now, redial=True)
+            self._star_on_empty = not self._digits
             self._digits = ""
         else:
+            self._star_on_empty = False
             self._digits += digit
             most = PIN_MAX_KEYS if self.state is State.PIN_COLLECTING else self.settings.max_digits
             if len(self._digits) >= most:
@@ -485,6 +504,7 @@ class Callback:
     def _prompt(self, prompt: str | None = None) -> list[Command]:
         """Ask for the PIN until it was typed right, then for the client's number."""
         self._digits = ""
+        self._star_on_empty = False
         if self._pin_accepted:
             self.state = State.PROMPTING
             prompt = Prompt.ENTER_NUMBER
@@ -493,16 +513,29 @@ class Callback:
             prompt = prompt or Prompt.ENTER_PIN
         return [PlayPrompt(prompt), self._start(TimerName.PROMPT, self.prompt_seconds[prompt])]
 
-    def _evaluate(self, now: float) -> list[Command]:
-        """What was typed is complete: the PIN, or the number to dial if the policy allows."""
+    def _evaluate(self, now: float, redial: bool = False) -> list[Command]:
+        """What was typed is complete: the PIN, or the number to dial if the policy allows.
+
+        `redial`: the number is the last client's, which the policy checks again
+        as if typed (with "00" for its "+"): a number denied since it was dialled
+        is refused. No last client is an invalid number.
+        """
         if self.state is State.PIN_COLLECTING:
             return self._check_pin(now)
         out = self._cancel(TimerName.DIGITS)
         s = self.settings
-        verdict = check_destination(self._digits, self.country, s.allowed_prefixes, s.denied_types)
-        self.cdr.client_dialled = self._digits
+        typed = self._digits
+        if redial:
+            typed = REDIAL_KEYS
+            number = "00" + self.last_client.removeprefix("+") if self.last_client else ""
+        else:
+            number = typed
+        verdict = check_destination(number, self.country, s.allowed_prefixes, s.denied_types)
+        self.cdr.client_dialled = typed
         self.cdr.client_e164 = verdict.e164
+        self.cdr.redial = redial
         self._digits = ""
+        self._star_on_empty = False
         if isinstance(verdict, Allowed):
             self.state = State.DIALING_CLIENT
             # The INVITE first: ringback a few ms late goes unheard, the

@@ -18,6 +18,8 @@ Keys, all under `vpbx:`:
   `owed` is the sorted set of the ids still in progress, scored by when the
   record was written, so a restarted engine finds what it owes;
 * `owners`: hash of callback id -> the engine that runs it (its name);
+* `last_client:<did>:<employee>`: the E.164 number the employee last called
+  through the DID (callbackd.last_client), what `**` dials again;
 * `engine:<name>`: an engine's heartbeat, a key it renews every
   HEARTBEAT_S that lapses ENGINE_TTL_S after it died. Another engine takes
   over the callbacks of an engine whose heartbeat lapsed (`take_over`); an
@@ -34,6 +36,7 @@ from typing import Any
 
 import redis
 
+from callbackd.last_client import LAST_CLIENT_TTL_S
 from callbackd.limits import DAY_S, HOUR_S, Refused
 
 PREFIX = "vpbx:"
@@ -133,6 +136,25 @@ class RedisLimits:
             return None
         maximum = max_per_day if window == "day" else max_per_hour
         return Refused(int(count), window, maximum)
+
+
+class RedisLastClients:
+    """The last client of every employee on every DID, for every engine (callbackd.last_client)."""
+
+    def __init__(self, client: redis.Redis):
+        self._client = client
+
+    def get(self, did: str, employee: str, now: float) -> str | None:
+        try:
+            return self._client.get(_key("last_client", did, employee))
+        except redis.RedisError as exc:
+            raise StoreDown(str(exc)) from exc
+
+    def put(self, did: str, employee: str, e164: str, now: float) -> None:
+        try:
+            self._client.set(_key("last_client", did, employee), e164, ex=LAST_CLIENT_TTL_S)
+        except redis.RedisError as exc:
+            raise StoreDown(str(exc)) from exc
 
 
 class Callbacks:

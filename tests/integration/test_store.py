@@ -19,9 +19,10 @@ pytest.importorskip("redis", reason="the redis client (callbackd's store) is not
 
 from callbackd.config import Settings
 from callbackd.engine import ACCEPT_HEADER, OVER_LIMIT, STORE_DOWN, Engine
+from callbackd.last_client import LAST_CLIENT_TTL_S
 from callbackd.limits import HOUR_S
 from callbackd.machine import Prompt
-from callbackd.store import Callbacks, RedisLimits, StoreDown, connect
+from callbackd.store import Callbacks, RedisLastClients, RedisLimits, StoreDown, connect
 from vpbx.model import load
 
 needs_redis = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
@@ -160,12 +161,26 @@ def test_only_the_callbacks_of_a_dead_engine_are_taken_over_and_by_one_engine(re
     assert alive.orphans() == {}
 
 
+def test_the_last_client_is_every_engines_and_lapses_by_itself(redis_url):
+    first, second = RedisLastClients(connect(redis_url)), RedisLastClients(connect(redis_url))
+    now = 1_800_000_000.0
+    assert first.get(DID, EMPLOYEE, now) is None
+    first.put(DID, EMPLOYEE, "+421905123456", now)
+    second.put(DID, EMPLOYEE, "+421905999888", now + 1)
+    assert first.get(DID, EMPLOYEE, now + 2) == "+421905999888"
+    assert second.get(DID, COLLEAGUE, now + 2) is None
+    ttl = connect(redis_url).ttl(f"vpbx:last_client:{DID}:{EMPLOYEE}")
+    assert LAST_CLIENT_TTL_S - 60 < ttl <= LAST_CLIENT_TTL_S
+
+
 def test_a_store_that_does_not_answer_is_reported_down(tmp_path):
     nobody = f"unix://{tmp_path / 'nobody.sock'}"
     with pytest.raises(StoreDown):
         RedisLimits(connect(nobody)).admit(DID, EMPLOYEE, 3, 100, 0.0)
     with pytest.raises(StoreDown):
         Callbacks(connect(nobody)).claim(DID, EMPLOYEE, "cb-1")
+    with pytest.raises(StoreDown):
+        RedisLastClients(connect(nobody)).get(DID, EMPLOYEE, 0.0)
 
 
 # -- two engines sharing the store ---------------------------------------------------

@@ -68,12 +68,13 @@ class Story:
     timer the machine never started cannot fire, so the story checks timer discipline.
     """
 
-    def __init__(self, **settings):
+    def __init__(self, last_client: str | None = None, **settings):
         settings.setdefault("allowed_prefixes", ("+421",))
         self.settings = model.CallbackSettings(enabled=True, list="sales-mobiles", **settings)
         self.now = T0
         self.machine = Callback(
-            DID, EMPLOYEE, self.settings, "SK", PROMPT_SECONDS, CLIENT_RING_TIMEOUT, now=T0
+            DID, EMPLOYEE, self.settings, "SK", PROMPT_SECONDS, CLIENT_RING_TIMEOUT, now=T0,
+            last_client=last_client,
         )
         self.said: list = []
         self.timers: dict[str, float] = {}
@@ -526,6 +527,135 @@ def test_keys_during_an_error_message_are_dropped():
     story = refused_once()
     assert story.type(CLIENT_TYPED + "#") == []
     story.fire("message")
+    assert story.dialled() == []
+
+
+# --- redial: ** calls the last client again ------------------------------------------
+
+
+def test_two_stars_redial_the_last_client_at_once_without_hash():
+    story = collecting(last_client=CLIENT)
+    assert story.type("*") == [StartTimer("digits", 5)]
+    assert story.type("*") == [
+        CancelTimer("digits"),
+        DialClient(CLIENT, "**"),
+        PlayRingback(),
+        StartTimer("client_ring", CLIENT_RING_TIMEOUT),
+    ]
+    assert story.machine.state is State.DIALING_CLIENT
+
+
+def test_two_stars_may_barge_into_the_prompt():
+    story = answered(last_client=CLIENT)
+    story.type("**")
+    assert story.dialled() == [DialClient(CLIENT, "**")]
+
+
+def test_a_redialled_call_says_so_in_its_cdr():
+    story = collecting(last_client=CLIENT)
+    story.type("**")
+    story(ClientAnswered(), after=5.0)
+    story(ClientHangUp(), after=30.0)
+    assert (story.cdr.result, story.cdr.redial) == ("bridged", True)
+    assert (story.cdr.client_dialled, story.cdr.client_e164) == ("**", CLIENT)
+    assert story.cdr.to_json_dict()["redial"] is True
+
+
+def test_a_typed_number_is_no_redial_in_the_cdr():
+    story = bridged(last_client=CLIENT)
+    story(ClientHangUp())
+    assert story.cdr.redial is False
+    assert story.cdr.to_json_dict()["redial"] is False
+
+
+def test_two_stars_without_a_last_client_are_an_invalid_number_and_an_attempt():
+    story = collecting()
+    assert story.type("**")[-3:] == [CancelTimer("digits"), PlayPrompt("invalid_number"),
+                                      StartTimer("message", 2.0)]
+    assert story.dialled() == []
+    assert story.fire("message") == [PlayPrompt("enter_number"), StartTimer("prompt", 4.0)]
+    story.type(CLIENT_TYPED + "#")
+    assert story.dialled() == [DialClient(CLIENT, CLIENT_TYPED)]
+    assert story.machine.cdr.redial is False
+
+
+def test_two_stars_without_a_last_client_use_up_the_last_attempt():
+    story = collecting(attempts=1)
+    story.type("**")
+    assert story.fire("message") == [HangUpEmployee(), Finished(story.cdr)]
+    assert (story.cdr.result, story.cdr.redial, story.cdr.client_e164) == ("denied", True, None)
+
+
+def test_a_last_client_the_policy_denies_now_is_not_allowed_and_not_dialled():
+    story = collecting(last_client="+420601123456")  # the DID allows +421 only
+    assert story.type("**")[-2:] == [PlayPrompt("not_allowed"), StartTimer("message", 2.5)]
+    assert story.dialled() == []
+    assert story.machine.cdr.client_e164 == "+420601123456"
+
+
+def test_a_last_client_of_a_type_denied_since_is_not_allowed():
+    story = collecting(last_client="+421900123456", denied_types=("premium_rate",))
+    assert story.type("**")[-2:] == [PlayPrompt("not_allowed"), StartTimer("message", 2.5)]
+    assert story.dialled() == []
+
+
+@pytest.mark.parametrize("last_client", ["", "garbage", "+", "+42190512345678901234"])
+def test_a_last_client_that_is_no_number_is_an_invalid_number(last_client):
+    story = collecting(last_client=last_client)
+    assert story.type("**")[-2:] == [PlayPrompt("invalid_number"), StartTimer("message", 2.0)]
+    assert story.dialled() == []
+
+
+def test_one_star_then_digits_still_clears_and_dials_what_was_typed():
+    story = collecting(last_client="+421905999888")
+    story.type("*" + CLIENT_TYPED + "#")
+    assert story.dialled() == [DialClient(CLIENT, CLIENT_TYPED)]
+
+
+@pytest.mark.parametrize("typed", ["5**", "0911*" + "*", "*5*", "5*5*"])
+def test_a_star_after_digits_only_clears_and_never_redials(typed):
+    story = collecting(last_client="+421905999888")
+    story.type(typed)
+    assert story.dialled() == []
+    story.type(CLIENT_TYPED + "#")
+    assert story.dialled() == [DialClient(CLIENT, CLIENT_TYPED)]
+
+
+def test_a_cleared_entry_redials_with_two_stars_more():
+    story = collecting(last_client=CLIENT)
+    story.type("0911*" + "**")
+    assert story.dialled() == [DialClient(CLIENT, "**")]
+
+
+def test_two_stars_after_a_refused_number_redial():
+    story = refused_once(last_client=CLIENT)
+    story.fire("message")
+    story.type("**")
+    assert story.dialled() == [DialClient(CLIENT, "**")]
+    assert story.machine.cdr.client_dialled == "**"
+
+
+def test_a_star_of_the_refused_entry_does_not_carry_into_the_next():
+    story = answered(last_client=CLIENT)
+    story.type("*")
+    story.fire("digits")  # one star and silence: an empty number, refused
+    story.fire("message")
+    story.type("*" + CLIENT_TYPED + "#")
+    assert story.dialled() == [DialClient(CLIENT, CLIENT_TYPED)]
+
+
+def test_two_stars_at_the_pin_prompt_only_clear_the_pin():
+    story = answered(pin="246810", last_client=CLIENT)
+    story.type("**")
+    assert story.dialled() == []
+    assert story.machine.state is State.PIN_COLLECTING
+    story.type("246810#**")
+    assert story.dialled() == [DialClient(CLIENT, "**")]
+
+
+def test_star_hash_is_an_empty_number_not_a_redial():
+    story = collecting(last_client=CLIENT)
+    assert story.type("*#")[-2:] == [PlayPrompt("invalid_number"), StartTimer("message", 2.0)]
     assert story.dialled() == []
 
 
@@ -1060,6 +1190,15 @@ def test_what_was_typed_for_a_pin_is_never_in_a_snapshot():
     story.fire("prompt")
     story.type("2468")
     assert "2468" not in repr(story.machine.snapshot())
+
+
+def test_a_record_saved_before_redial_existed_is_taken_up_as_no_redial():
+    story = waiting()
+    snapshot = story.machine.snapshot()
+    del snapshot["cdr"]["redial"]
+    again = Story()
+    again.machine.restore(snapshot)
+    assert again.machine.cdr.redial is False
 
 
 def test_a_finished_callback_does_nothing_more_when_restored():
