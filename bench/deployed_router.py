@@ -101,7 +101,7 @@ OLD_NOTATIONS = """
 """
 LEVERS = {
     "stateless first-step reject": [
-        ("        elif isinstance(action.steps[0], d.Reject):\n", "        elif False:\n")
+        ("            if first is None or isinstance(first[1], d.Reject):\n", "            if False:\n")
     ],
     "no phonenumbers on the hot path": [
         ("        self.router = router\n", "        self.router = router\n" + OLD_NOTATIONS)

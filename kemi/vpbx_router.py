@@ -73,6 +73,8 @@ AVP_TRIGGER = "$avp(vpbx_trigger)"
 AVP_CALLER = "$avp(vpbx_caller)"
 # Set while a scheme's forward step relays: the one branch meant for a trunk.
 AVP_OUT = "$avp(vpbx_out)"
+# The moment the INVITE came (epoch seconds): the whole walk reads `when:` at it.
+AVP_TIME = "$avp(vpbx_time)"
 
 # Callback engines: dispatcher set wire.ENGINE_SET, probed with OPTIONS. The
 # engine marks a trigger it took with wire.ACCEPT_HEADER; anything else
@@ -713,7 +715,8 @@ class VpbxRouter:
         if isinstance(origin, self.decide.FromTrunk) and KSR.hdr.is_present("P-Asserted-Identity") > 0:
             caller = KSR.pv.get("$(ai{uri.user})") or caller
         did = KSR.pv.get("$rU")
-        action = self.router.decide(origin, did, caller)
+        action = self.router.decide(origin, did, caller,
+                                    withheld=self.decide.withheld(caller, KSR.pv.get("$hdr(Privacy)")))
         KSR.xhttp_prom.counter_inc_l1(DECISIONS_METRIC, 1, type(action).__name__)
         KSR.info(f"{LOG_PREFIX}decision: from={source} origin={origin.log} "
                  f"caller={caller} ruri={did} -> {action.log}\n")
@@ -728,15 +731,21 @@ class VpbxRouter:
         elif isinstance(action, d.RingExtension):
             self.record_route()
             self.ksr_route_ring_extension(action.extension)
-        elif isinstance(action.steps[0], d.Reject):
-            # A scheme that only refuses: nothing to relay, so no transaction
-            # and no Record-Route; retransmissions get the same reply from sl.
-            KSR.sl.sl_send_reply(action.steps[0].code, action.steps[0].reason)
         else:
+            now = int(time.time())
+            first = self.router.step(action.did, 0, now)
+            if first is None or isinstance(first[1], d.Reject):
+                # A scheme that now only refuses: nothing to relay, so no transaction
+                # and no Record-Route; retransmissions get the same reply from sl.
+                code, reason = (480, "Temporarily Unavailable") if first is None else (
+                    first[1].code, first[1].reason)
+                KSR.sl.sl_send_reply(code, reason)
+                return
             self.record_route()
             if not self.memory.new_transaction():
                 return
             KSR.pv.sets(AVP_DID, action.did)
+            KSR.pv.seti(AVP_TIME, now)
             self.ksr_route_scheme_step(action.did, 0)
 
     def ksr_route_callback(self, action):
@@ -747,6 +756,7 @@ class VpbxRouter:
             return
         KSR.pv.sets(AVP_DID, action.did)
         KSR.pv.sets(AVP_CALLER, action.caller)
+        KSR.pv.seti(AVP_TIME, int(time.time()))
         if KSR.dispatcher.ds_select_dst(self.wire.ENGINE_SET, ENGINE_ALGORITHM) < 0:
             KSR.info(f"{LOG_PREFIX}no callback engine up, {action.did} routed by its scheme\n")
             self.ksr_route_scheme_step(action.did, 0)
@@ -792,8 +802,10 @@ class VpbxRouter:
         `offered`: an earlier step's branch offered media to RTPengine (in a
         failure route), so a call that ends here deletes that session.
         """
-        step = self.router.step(did, index)
-        while step is not None:
+        now = KSR.pv.get(AVP_TIME)
+        found = self.router.step(did, index, now)
+        while found is not None:
+            index, step = found
             KSR.pv.seti(AVP_STEP, index)
             if isinstance(step, self.decide.Reject):
                 self.end_call(step.code, step.reason, offered)
@@ -814,8 +826,7 @@ class VpbxRouter:
                 KSR.tm.t_on_failure(FAILURE_ROUTE)
                 self.ksr_route_relay()
                 return
-            index += 1
-            step = self.router.step(did, index)
+            found = self.router.step(did, index + 1, now)
         self.end_call(480, "Temporarily Unavailable", offered)
 
     def end_call(self, code, reason, offered):
@@ -904,7 +915,7 @@ class VpbxRouter:
             return 1
         code = KSR.pv.get("$T_reply_code")
         KSR.info(f"{LOG_PREFIX}step {step} of {did} failed with {code}, next step\n")
-        if self.router.step(did, int(step) + 1) is None:
+        if self.router.step(did, int(step) + 1, KSR.pv.get(AVP_TIME)) is None:
             KSR.rtpengine.rtpengine_delete0()
             return 1
         self.ksr_route_scheme_step(did, int(step) + 1, offered=True)

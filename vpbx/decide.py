@@ -10,6 +10,8 @@ Every action and origin has a `log` text, made when the value is made or
 once per DID, so that the router's decision line is one formatted string.
 """
 
+import datetime as dt
+import zoneinfo
 from dataclasses import dataclass, field
 
 import netaddr
@@ -17,6 +19,7 @@ import netaddr
 from vpbx.model import Config, Did, ForwardStep, RingStep, Step
 from vpbx.numbers import Notations, normalize
 from vpbx.policy import Allowed, check_destination
+from vpbx.when import When
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class Reject:
 
     code: int
     reason: str
+    when: When | None = None
     log: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -96,6 +100,7 @@ class Ring:
     index: int
     extensions: tuple[str, ...]
     timeout_ms: int
+    when: When | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,7 @@ class Forward:
 
     index: int
     uri: str
+    when: When | None = None
 
 
 SchemeStep = Ring | Forward | Reject
@@ -152,6 +158,17 @@ FORBIDDEN = Reject(403, "Forbidden")
 NOT_FOUND = Reject(404, "Not Found")
 # What a scheme's reject step answers, with the step's code.
 REJECTED_BY_ROUTING = "Rejected By Routing"
+# What a DID's lists and anonymous rule answer, with its refuse_code.
+REFUSED_BY_LIST = "Caller Refused"
+ANONYMITY_DISALLOWED = "Anonymity Disallowed"  # RFC 5079's phrase
+WITHHELD_USERS = ("", "anonymous")
+
+
+def withheld(caller_user: str | None, privacy: str | None) -> bool:
+    """The caller withheld their number: no user part, `anonymous`, or Privacy: id (RFC 3323/3325)."""
+    if caller_user is None or caller_user.strip().lower() in WITHHELD_USERS:
+        return True
+    return privacy is not None and "id" in (token.strip().lower() for token in privacy.split(";"))
 
 
 class Router:
@@ -167,6 +184,10 @@ class Router:
         # One action per DID, made once: the scheme's walk and its log text.
         self.schemes = {did.number: RouteScheme(did.number, did.routing, self.walks[did.routing])
                         for did in config.numbers.values()}
+        self.timezone = zoneinfo.ZoneInfo(config.timezone)
+        self.refusals = {did.number: (Reject(did.refuse_code, REFUSED_BY_LIST),
+                                      Reject(did.refuse_code, ANONYMITY_DISALLOWED))
+                         for did in config.numbers.values()}
         self._sources = [
             (netaddr.IPNetwork(cidr), trunk.name)
             for trunk in config.trunks
@@ -187,10 +208,10 @@ class Router:
     def _walk(self, steps: tuple[Step, ...]) -> tuple[SchemeStep, ...]:
         def value(index: int, step: Step) -> SchemeStep:
             if isinstance(step, RingStep):
-                return Ring(index, step.extensions, step.timeout * 1000)
+                return Ring(index, step.extensions, step.timeout * 1000, step.when)
             if isinstance(step, ForwardStep):
-                return Forward(index, self.out_uri(step.number))
-            return Reject(step.code, REJECTED_BY_ROUTING)
+                return Forward(index, self.out_uri(step.number), step.when)
+            return Reject(step.code, REJECTED_BY_ROUTING, step.when)
 
         return tuple(value(i, s) for i, s in enumerate(steps))
 
@@ -198,13 +219,29 @@ class Router:
         """Where a call to `number` leaving the PBX is relayed: the out trunk."""
         return f"sip:{number}@{self.out_trunk.address}"
 
-    def step(self, did: str | None, index: int) -> SchemeStep | None:
-        """Step `index` of the scheme of `did` (an E.164 DID, as the actions name it), or None
-        when the scheme has no such step (the last one was tried) or `did` is no DID."""
+    def step(self, did: str | None, index: int, at: float | None = None
+             ) -> tuple[int, SchemeStep] | None:
+        """The first step from `index` on of the scheme of `did` (an E.164 DID, as the actions
+        name it) whose `when:` holds at `at` (epoch seconds; None: now), with its index; None
+        when no step is left (the last one was tried) or `did` is no DID. A call walks its
+        scheme at the moment it came: the caller keeps `at` for the whole walk."""
         scheme = self.schemes.get(did)
-        if scheme is None or not 0 <= index < len(scheme.steps):
+        if scheme is None or index < 0:
             return None
-        return scheme.steps[index]
+        moment = None
+        for i in range(index, len(scheme.steps)):
+            step = scheme.steps[i]
+            if step.when is None:
+                return i, step
+            if moment is None:
+                moment = self.moment(at)
+            if step.when.holds(moment):
+                return i, step
+        return None
+
+    def moment(self, at: float | None) -> dt.datetime:
+        """`at` (epoch seconds; None: now) on the PBX's clock, which `when:` is written in."""
+        return dt.datetime.now(self.timezone) if at is None else dt.datetime.fromtimestamp(at, self.timezone)
 
     def did(self, ruri_user: str | None) -> Did | None:
         return self.config.numbers.get(self.find(ruri_user, self.config.numbers))
@@ -233,8 +270,13 @@ class Router:
         listed = self.callback_list(did)
         return listed is not None and caller is not None and caller in listed
 
-    def decide(self, origin: Origin, ruri_user: str | None, caller_user: str | None) -> Action:
-        """What to do with an INVITE to `ruri_user` from `caller_user` arriving from `origin`."""
+    def decide(self, origin: Origin, ruri_user: str | None, caller_user: str | None, *,
+               withheld: bool = False) -> Action:
+        """What to do with an INVITE to `ruri_user` from `caller_user` arriving from `origin`.
+
+        `withheld`: the caller withheld their number (see `withheld()`). A RouteScheme is
+        walked by `step()` at the moment the call came.
+        """
         if isinstance(origin, FromStranger):
             return FORBIDDEN
         if isinstance(origin, FromEngine):
@@ -244,13 +286,26 @@ class Router:
         did = self.did(ruri_user)
         if did is None:
             return NOT_FOUND
+        if not isinstance(origin, FromTrunk):
+            return self.schemes[did.number]
+        by_list, anonymity = self.refusals[did.number]
+        if withheld and did.anonymous == "reject":
+            return anonymity
+        # A blacklist refuses whatever the carrier says of the caller: a forged
+        # caller ID can only get its sender refused.
+        if did.blacklist and self.find(caller_user, self.config.number_lists[did.blacklist]):
+            return by_list
         # Caller ID means something only when the carrier asserts it, and is
         # read only when there is a list to find it in: most DIDs have none.
-        listed = self.callback_list(did) if isinstance(origin, FromTrunk) else None
-        if listed and self.attested(origin):
+        attested = self.attested(origin)
+        listed = self.callback_list(did)
+        if listed and attested:
             caller = self.find(caller_user, listed)
             if caller is not None:
                 return TriggerCallback(did.number, caller, did.callback.reject_code)
+        if did.whitelist and not (
+                attested and self.find(caller_user, self.config.number_lists[did.whitelist])):
+            return by_list
         return self.schemes[did.number]
 
     def attested(self, origin: FromTrunk) -> bool:

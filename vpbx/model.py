@@ -14,6 +14,7 @@ of that role's, as `load()` names an unknown `vpbx_…` key.
 
 import difflib
 import re
+import zoneinfo
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import netaddr
 import phonenumbers
 
+from vpbx import when as conditions
 from vpbx.numbers import InvalidNumber, country_code_prefix, is_valid_region, to_e164
 
 # The form dump() writes numbers in; see load(rendered=True).
@@ -36,6 +38,7 @@ CONTRACT_KEYS = (
     "vpbx_numbers",
     "vpbx_callback_max_concurrent",
     "vpbx_recordings_keep_days",
+    "vpbx_timezone",
 )
 REQUIRED_KEYS = ("vpbx_default_country", "vpbx_sip_listen", "vpbx_trunks", "vpbx_numbers")
 # Keys of one host, not of the PBX: checked across the hosts by hosts(), and
@@ -61,6 +64,12 @@ DEFAULT_CALLBACK_MAX_CONCURRENT = 500
 # Days a recording (and a pcap the engine could not convert) is kept before the
 # daily job removes it; 0 keeps them forever.
 DEFAULT_RECORDINGS_KEEP_DAYS = 90
+# Where the office is: a step's `when:` is read on its clock, DST included.
+DEFAULT_TIMEZONE = "Europe/Bratislava"
+ANONYMOUS_RULES = ("allow", "reject")
+# A DID's black or white list, or its anonymous rule, refuses with this:
+# 603 Decline says the called party does not want the call, not that it failed.
+DEFAULT_REFUSE_CODE = 603
 MAX_RECORDINGS_KEEP_DAYS = 36_500
 # A PIN shorter than this falls to a script trying them in a day's call-backs.
 MIN_PIN_DIGITS = 6
@@ -125,16 +134,19 @@ class Trunk:
 class RingStep:
     extensions: tuple[str, ...]
     timeout: int = DEFAULT_RING_TIMEOUT
+    when: conditions.When | None = None
 
 
 @dataclass(frozen=True)
 class ForwardStep:
     number: str
+    when: conditions.When | None = None
 
 
 @dataclass(frozen=True)
 class RejectStep:
     code: int
+    when: conditions.When | None = None
 
 
 Step = RingStep | ForwardStep | RejectStep
@@ -174,6 +186,11 @@ class Did:
     number: str
     routing: str
     callback: CallbackSettings | None = None
+    # Callers refused before anything else, and (when set) the only ones let through.
+    blacklist: str | None = None
+    whitelist: str | None = None
+    anonymous: str = "allow"
+    refuse_code: int = DEFAULT_REFUSE_CODE
 
 
 @dataclass(frozen=True)
@@ -187,6 +204,7 @@ class Config:
     numbers: Mapping[str, Did]
     callback_max_concurrent: int = DEFAULT_CALLBACK_MAX_CONCURRENT
     recordings_keep_days: int = DEFAULT_RECORDINGS_KEEP_DAYS
+    timezone: str = DEFAULT_TIMEZONE
 
 
 @dataclass
@@ -315,6 +333,7 @@ def load(variables: Mapping[str, Any], *, rendered: bool = False) -> Config:
     keep_days = check.integer("vpbx_recordings_keep_days",
                               variables.get("vpbx_recordings_keep_days", DEFAULT_RECORDINGS_KEEP_DAYS),
                               0, MAX_RECORDINGS_KEEP_DAYS)
+    timezone = _timezone(check, variables.get("vpbx_timezone", DEFAULT_TIMEZONE))
 
     if check.errors:
         raise InventoryError(check.errors)
@@ -328,7 +347,17 @@ def load(variables: Mapping[str, Any], *, rendered: bool = False) -> Config:
         numbers=numbers,
         callback_max_concurrent=max_concurrent,
         recordings_keep_days=keep_days,
+        timezone=timezone,
     )
+
+
+def _timezone(check: _Checker, value: Any) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+        check.error("vpbx_timezone", f"{value!r} is not a time zone like Europe/Bratislava "
+                                     "(an IANA name)")
+    return value
 
 
 def role_variables(names: Iterable[str], known: Mapping[str, Collection[str]]) -> list[str]:
@@ -530,9 +559,14 @@ def _step(
         check.error(path, f"needs exactly one of {', '.join(STEP_KINDS)}; has keys {sorted(item)}")
         return None
     kind = kinds[0]
-    allowed = ("ring", "timeout") if kind == "ring" else (kind,)
+    allowed = ("ring", "timeout", "when") if kind == "ring" else (kind, "when")
     if not check.keys(path, item, allowed, (kind,)):
         return None
+    when = None
+    if "when" in item:
+        when = conditions.parse(f"{path}.when", item["when"], check.error)
+        if when is None:
+            return None
     if kind == "ring":
         targets = []
         for j, ext in enumerate(check.items(f"{path}.ring", item["ring"])):
@@ -544,15 +578,16 @@ def _step(
             check.error(f"{path}.ring", "needs at least one extension")
             return None
         timeout = check.integer(f"{path}.timeout", item.get("timeout", DEFAULT_RING_TIMEOUT), 1, 600)
-        return RingStep(tuple(targets), timeout or DEFAULT_RING_TIMEOUT)
+        return RingStep(tuple(targets), timeout or DEFAULT_RING_TIMEOUT, when)
     if kind == "forward":
         number = check.number(f"{path}.forward", item["forward"], country)
-        return ForwardStep(number) if number else None
+        return ForwardStep(number, when) if number else None
     code = check.integer(f"{path}.reject", item["reject"], 400, 699)
-    return RejectStep(code) if code else None
+    return RejectStep(code, when) if code else None
 
 
 CALLBACK_KEYS = tuple(f for f in CallbackSettings.__dataclass_fields__)
+DID_KEYS = tuple(f for f in Did.__dataclass_fields__)
 
 
 def _numbers(
@@ -565,7 +600,7 @@ def _numbers(
     numbers, seen = {}, {}
     for i, item in enumerate(check.items("vpbx_numbers", value)):
         path = f"vpbx_numbers[{i}]"
-        if not check.keys(path, item, ("number", "routing", "callback"), ("number", "routing")):
+        if not check.keys(path, item, DID_KEYS, ("number", "routing")):
             continue
         number = check.number(f"{path}.number", item.get("number"), country)
         check.unique(f"{path}.number", number, seen)
@@ -576,9 +611,33 @@ def _numbers(
         callback = None
         if item.get("callback") is not None:
             callback = _callback(check, f"{path}.callback", item["callback"], country, lists)
+        screening = _screening(check, path, item, lists)
         if number and routing:
-            numbers[number] = Did(number, routing, callback)
+            numbers[number] = Did(number, routing, callback, **screening)
     return numbers
+
+
+def _screening(check: _Checker, path: str, item: Mapping, lists: Mapping[str, frozenset[str]]) -> dict:
+    """A DID's black and white lists and its anonymous rule, as Did's keyword arguments."""
+    out: dict[str, Any] = {}
+    for key in ("blacklist", "whitelist"):
+        name = item.get(key)
+        if name is None:
+            continue
+        if not isinstance(name, str) or name not in lists:
+            check.error(f"{path}.{key}", f"no number list named {name!r} in vpbx_number_lists "
+                        f"(known: {', '.join(sorted(lists)) or 'none'})")
+        else:
+            out[key] = name
+    anonymous = item.get("anonymous", "allow")
+    if anonymous not in ANONYMOUS_RULES:
+        check.error(f"{path}.anonymous", f"must be allow or reject, got {anonymous!r}")
+    else:
+        out["anonymous"] = anonymous
+    code = check.integer(f"{path}.refuse_code", item.get("refuse_code", DEFAULT_REFUSE_CODE), 400, 699)
+    if code is not None:
+        out["refuse_code"] = code
+    return out
 
 
 def _callback(
@@ -686,11 +745,12 @@ def dump(config: Config) -> dict[str, Any]:
     """The contract's variables with every number in E.164: what the services load."""
 
     def step(s: Step) -> dict[str, Any]:
+        when = {} if s.when is None else {"when": conditions.dumped(s.when)}
         if isinstance(s, RingStep):
-            return {"ring": list(s.extensions), "timeout": s.timeout}
+            return {"ring": list(s.extensions), "timeout": s.timeout, **when}
         if isinstance(s, ForwardStep):
-            return {"forward": s.number}
-        return {"reject": s.code}
+            return {"forward": s.number, **when}
+        return {"reject": s.code, **when}
 
     def did(d: Did) -> dict[str, Any]:
         out: dict[str, Any] = {"number": d.number, "routing": d.routing}
@@ -699,6 +759,8 @@ def dump(config: Config) -> dict[str, Any]:
             for key in ("allowed_prefixes", "denied_types", "retry_on"):
                 cb[key] = list(cb[key])
             out["callback"] = {k: v for k, v in cb.items() if v is not None}
+        out.update({k: getattr(d, k) for k in ("blacklist", "whitelist") if getattr(d, k)})
+        out.update(anonymous=d.anonymous, refuse_code=d.refuse_code)
         return out
 
     return {
@@ -723,4 +785,5 @@ def dump(config: Config) -> dict[str, Any]:
         "vpbx_numbers": [did(d) for d in config.numbers.values()],
         "vpbx_callback_max_concurrent": config.callback_max_concurrent,
         "vpbx_recordings_keep_days": config.recordings_keep_days,
+        "vpbx_timezone": config.timezone,
     }

@@ -1,5 +1,8 @@
 """The per-INVITE decision table: who calls, which number, and what the PBX does."""
 
+import datetime as dt
+from zoneinfo import ZoneInfo
+
 import phonenumbers
 import pytest
 
@@ -312,8 +315,8 @@ def test_a_trunk_without_verification_triggers_for_every_listed_caller(verified)
 
 
 def test_the_walk_gives_each_step_of_the_dids_scheme_then_none(router):
-    assert [router.step(CALLBACK_DID, i) for i in range(3)] == [*OFFICE, None]
-    assert router.step(CLOSED_DID, 0) == CLOSED[0]
+    assert [router.step(CALLBACK_DID, i) for i in range(3)] == [*enumerate(OFFICE), None]
+    assert router.step(CLOSED_DID, 0) == (0, CLOSED[0])
     assert router.step(CLOSED_DID, 1) is None
 
 
@@ -335,3 +338,144 @@ def test_the_decision_line_names_the_action_and_its_fields(router):
     assert router.decide(STRANGER, CALLBACK_DID, LISTED).log == "Reject(code=403, reason=Forbidden)"
     assert FromTrunk("carrier", True).log == "FromTrunk(carrier, verified=True)"
     assert CARRIER.log == "FromTrunk(carrier)"
+
+
+# --- black and white lists, the anonymous rule ----------------------------------------------------------
+
+BLOCKED = "+421905666777"
+SCREENED_DID = "+421233000777"   # callback list and blacklist, anonymous rejected
+WHITE_DID = "+421233000888"      # whitelist only: the scheme is for its callers alone
+
+
+def screening_router(attestation_header: str | None = None) -> Router:
+    return Router(load({
+        "vpbx_default_country": "SK",
+        "vpbx_sip_listen": "127.0.0.1:5060",
+        "vpbx_trunks": [{"name": "carrier", "address": "127.0.0.5:5080", "inbound_sources": ["127.0.0.5/32"],
+                         **({"attestation_header": attestation_header} if attestation_header else {})}],
+        "vpbx_number_lists": [
+            {"name": "staff", "numbers": [LISTED, BLOCKED]},
+            {"name": "blocked", "numbers": ["0905 666 777"]},
+            {"name": "clients", "numbers": [UNLISTED]},
+        ],
+        "vpbx_routing_schemes": [{"name": "forward", "steps": [{"forward": "+421233999888"}]}],
+        "vpbx_numbers": [
+            {"number": SCREENED_DID, "routing": "forward", "blacklist": "blocked", "anonymous": "reject",
+             "callback": {"enabled": True, "list": "staff"}},
+            {"number": WHITE_DID, "routing": "forward", "whitelist": "clients", "refuse_code": 403},
+        ],
+    }))
+
+
+def test_a_blacklisted_caller_is_refused_even_when_on_the_callback_list():
+    router = screening_router()
+    for notation in (BLOCKED, "0905 666 777", "00421905666777"):
+        assert router.decide(CARRIER, SCREENED_DID, notation) == Reject(603, "Caller Refused")
+    # Beside it, a listed caller who is not blacklisted is still called back.
+    assert router.decide(CARRIER, SCREENED_DID, LISTED) == TriggerCallback(SCREENED_DID, LISTED, 486)
+    assert isinstance(router.decide(CARRIER, SCREENED_DID, UNLISTED), RouteScheme)
+
+
+def test_a_blacklist_refuses_a_caller_the_carrier_does_not_vouch_for():
+    router = screening_router("P-Asserted-Identity")
+    assert router.decide(FromTrunk("carrier", False), SCREENED_DID, BLOCKED) == Reject(603, "Caller Refused")
+
+
+def test_a_whitelist_lets_its_callers_through_and_refuses_the_rest_with_the_dids_code():
+    router = screening_router()
+    assert isinstance(router.decide(CARRIER, WHITE_DID, "0905 999 000"), RouteScheme)
+    for stranger in (LISTED, "+420601123456", None, "", "garbage"):
+        assert router.decide(CARRIER, WHITE_DID, stranger) == Reject(403, "Caller Refused")
+
+
+def test_a_whitelist_passes_only_callers_a_verifying_carrier_vouched_for():
+    router = screening_router("P-Asserted-Identity")
+    assert isinstance(router.decide(FromTrunk("carrier", True), WHITE_DID, UNLISTED), RouteScheme)
+    assert router.decide(FromTrunk("carrier", False), WHITE_DID, UNLISTED) == Reject(403, "Caller Refused")
+
+
+def test_a_withheld_caller_is_refused_where_the_rule_says_reject_and_routed_where_allowed():
+    router, refused = screening_router(), Reject(603, "Anonymity Disallowed")
+    assert router.decide(CARRIER, SCREENED_DID, "anonymous", withheld=True) == refused
+    # A listed employee who withholds their number is refused too: there is nobody to call back.
+    assert router.decide(CARRIER, SCREENED_DID, LISTED, withheld=True) == refused
+    assert router.decide(CARRIER, SCREENED_DID, LISTED) == TriggerCallback(SCREENED_DID, LISTED, 486)
+    # The default rule allows: the scheme routes it (the whitelist still applies).
+    assert isinstance(screening_router().decide(CARRIER, WHITE_DID, UNLISTED, withheld=True), RouteScheme)
+
+
+def test_extensions_dialling_a_screened_did_are_not_screened():
+    router = screening_router()
+    assert isinstance(router.decide(PHONE, WHITE_DID, "100", withheld=True), RouteScheme)
+
+
+@pytest.mark.parametrize(("user", "privacy", "is_withheld"), [
+    ("anonymous", None, True),
+    ("Anonymous", None, True),
+    ("", None, True),
+    (None, None, True),
+    ("+421905111222", "id", True),
+    ("+421905111222", "header; id", True),
+    ("+421905111222", "none", False),
+    ("+421905111222", "header", False),
+    ("+421905111222", None, False),
+    ("+421905111222", "idx", False),
+])
+def test_a_caller_is_withheld_by_user_part_or_privacy_id(user, privacy, is_withheld):
+    assert decide.withheld(user, privacy) is is_withheld
+
+
+# --- steps with `when:` ---------------------------------------------------------------------------------
+
+HOURS_DID = "+421233000999"
+
+
+def hours_router() -> Router:
+    return Router(load({
+        "vpbx_default_country": "SK",
+        "vpbx_sip_listen": "127.0.0.1:5060",
+        "vpbx_trunks": [{"name": "carrier", "address": "127.0.0.5:5080",
+                         "inbound_sources": ["127.0.0.5/32"]}],
+        "vpbx_extensions": [{"number": "100", "password": "unit-desk-a-secret"}],
+        "vpbx_routing_schemes": [{"name": "office", "steps": [
+            {"reject": 480, "when": {"dates": ["12-24", "12-25"]}},
+            {"ring": ["100"], "timeout": 20, "when": {"days": "mon-fri", "hours": "08:00-17:00"}},
+            {"forward": "+421233999888", "when": {"hours": "17:00-22:00"}},
+        ]}],
+        "vpbx_numbers": [{"number": HOURS_DID, "routing": "office"}],
+    }))
+
+
+def epoch(local: str) -> float:
+    return dt.datetime.fromisoformat(local).replace(tzinfo=ZoneInfo("Europe/Bratislava")).timestamp()
+
+
+@pytest.mark.parametrize(("moment", "expected"), [
+    ("2026-12-07 09:00", [1]),        # Monday in office hours: ring, and nothing after it
+    ("2026-12-07 18:00", [2]),        # Monday evening: forward
+    ("2026-12-07 23:00", []),         # Monday night: no step holds
+    ("2026-12-12 09:00", []),         # Saturday morning
+    ("2026-12-24 09:00", [0, 1]),     # Christmas Eve (a Thursday): the reject step first
+])
+def test_a_walk_skips_the_steps_whose_condition_does_not_hold_at_the_calls_moment(moment, expected):
+    router, at = hours_router(), epoch(moment)
+    walked, found = [], router.step(HOURS_DID, 0, at)
+    while found is not None:
+        walked.append(found[0])
+        found = router.step(HOURS_DID, found[0] + 1, at)
+    holding = [i for i in range(3) if router.schemes[HOURS_DID].steps[i].when.holds(router.moment(at))]
+    assert walked == expected == holding
+
+
+def test_a_call_keeps_its_moment_for_the_whole_walk():
+    # A call that came at 16:59:59 fails its ring step at 17:00:19: its next step is read at 16:59:59.
+    router, came = hours_router(), epoch("2026-12-07 16:59:59")
+    assert router.step(HOURS_DID, 0, came)[0] == 1
+    assert router.step(HOURS_DID, 2, came) is None
+    assert router.step(HOURS_DID, 2, epoch("2026-12-07 17:00:19"))[0] == 2
+
+
+def test_the_walk_is_read_on_the_pbxs_clock_not_utc():
+    router = hours_router()
+    utc_nine = dt.datetime(2026, 12, 7, 7, 30, tzinfo=dt.UTC).timestamp()   # 08:30 in Bratislava
+    assert router.step(HOURS_DID, 0, utc_nine)[0] == 1

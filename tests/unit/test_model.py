@@ -678,3 +678,61 @@ def test_a_number_list_of_the_wrong_type_is_reported_by_its_key(inventory, value
     for number in inventory["vpbx_numbers"]:
         number.pop("callback", None)
     assert_reported(errors_of(inventory), path, says)
+
+
+# --- issue: black/white lists, anonymous rule, `when:` and the time zone ------------------------------
+
+
+def test_a_did_takes_black_and_white_lists_an_anonymous_rule_and_a_refuse_code(inventory):
+    inventory["vpbx_numbers"][1].update(blacklist="sales-mobiles", whitelist="sales-mobiles",
+                                        anonymous="reject", refuse_code=403)
+    config = load(inventory)
+    did = config.numbers["+421233000222"]
+    assert (did.blacklist, did.whitelist, did.anonymous, did.refuse_code) == (
+        "sales-mobiles", "sales-mobiles", "reject", 403)
+    assert load(dump(config), rendered=True) == config
+    plain = config.numbers["+421233000111"]
+    assert (plain.blacklist, plain.whitelist, plain.anonymous, plain.refuse_code) == (
+        None, None, "allow", 603)
+
+
+@pytest.mark.parametrize(("key", "value", "words"), [
+    ("blacklist", "vips", "no number list named 'vips'"),
+    ("whitelist", ["sales-mobiles"], "no number list named"),
+    ("anonymous", "deny", "must be allow or reject, got 'deny'"),
+    ("anonymous", True, "must be allow or reject"),
+    ("refuse_code", 200, "from 400 to 699"),
+])
+def test_a_wrong_screening_key_is_named(inventory, key, value, words):
+    inventory["vpbx_numbers"][1][key] = value
+    assert_reported(errors_of(inventory), f"vpbx_numbers[1].{key}", words)
+
+
+def test_a_step_with_when_loads_and_reads_back(inventory):
+    inventory["vpbx_routing_schemes"][0]["steps"] = [
+        {"ring": ["100"], "timeout": 20, "when": {"days": "mon-fri", "hours": "08:00-17:00"}},
+        {"forward": "+421233999888", "when": {"dates": ["12-24", "12-25"]}},
+        {"reject": 480},
+    ]
+    config = load(inventory)
+    ring, forward, reject = config.routing_schemes["office"]
+    assert ring.when.days == frozenset(range(5)) and ring.when.hours == ((480, 1020),)
+    assert forward.when.yearly == frozenset({(12, 24), (12, 25)}) and reject.when is None
+    assert load(dump(config), rendered=True) == config
+
+
+def test_a_bad_day_in_a_step_condition_is_named_with_its_path(inventory):
+    inventory["vpbx_routing_schemes"][0]["steps"][1]["when"] = {"days": ["mnday"]}
+    assert_reported(errors_of(inventory), "vpbx_routing_schemes[0].steps[1].when.days[0]",
+                    "'mnday' is not a day")
+
+
+def test_an_unknown_time_zone_is_named(inventory):
+    inventory["vpbx_timezone"] = "Europe/Bratislav"
+    assert_reported(errors_of(inventory), "vpbx_timezone", "'Europe/Bratislav' is not a time zone")
+
+
+def test_the_time_zone_defaults_to_the_offices(inventory):
+    assert load(inventory).timezone == "Europe/Bratislava"
+    inventory["vpbx_timezone"] = "Europe/Prague"
+    assert load(dump(load(inventory)), rendered=True).timezone == "Europe/Prague"
