@@ -3,11 +3,28 @@ held through whatever applies the change (the playbook, `make lists`); the
 copy of the inventory with the change is conftest's `edited_inventory`.
 """
 
+import os
+import subprocess
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
+from conftest import REPO
 from vpbx_testing.peers import callee_keys, caller_keys
 from vpbx_testing.sipp import release
+
+LISTS_TIMEOUT = 600
+
+
+def make_lists(inventory: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MAKEFLAGS="")
+    return subprocess.run(["make", "-C", str(REPO), "lists", f"INVENTORY={inventory}"], env=env,
+                          capture_output=True, text=True, timeout=LISTS_TIMEOUT)
+
+
+def lists_succeed(inventory: Path) -> None:
+    run = make_lists(inventory)
+    assert run.returncode == 0, f"make lists failed:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
 
 
 def call_held_through(apply: Callable[[], None], held_limit_s: int, sipp, pbx_address, carrier_ip,

@@ -8,31 +8,17 @@ that breaks the contract is refused naming the key, and nothing deployed
 changes. How long `make lists` takes is measured in bench/lists.py.
 """
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, inventory_dir
-from list_change import call_held_through
+from conftest import inventory_dir
+from list_change import LISTS_TIMEOUT, call_held_through, lists_succeed, make_lists
 from vpbx_testing import services
 from vpbx_testing.peers import callee_keys, caller_keys
 
 KAMAILIO_ROUTING = Path("/etc/kamailio/vpbx/routing.json")
-LISTS_TIMEOUT = 600
 HELD_CALL_LIMIT_S = LISTS_TIMEOUT + 60
-
-
-def make_lists(inventory: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MAKEFLAGS="")
-    return subprocess.run(["make", "-C", str(REPO), "lists", f"INVENTORY={inventory}"], env=env,
-                          capture_output=True, text=True, timeout=LISTS_TIMEOUT)
-
-
-def lists_succeed(inventory: Path) -> None:
-    run = make_lists(inventory)
-    assert run.returncode == 0, f"make lists failed:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
 
 
 def pids() -> dict[str, int | None]:
