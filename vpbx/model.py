@@ -39,6 +39,7 @@ CONTRACT_KEYS = (
     "vpbx_callback_max_concurrent",
     "vpbx_recordings_keep_days",
     "vpbx_timezone",
+    "vpbx_api_keys",
 )
 REQUIRED_KEYS = ("vpbx_default_country", "vpbx_sip_listen", "vpbx_trunks", "vpbx_numbers")
 # Keys of one host, not of the PBX: checked across the hosts by hosts(), and
@@ -194,6 +195,19 @@ class Did:
 
 
 @dataclass(frozen=True)
+class ApiKey:
+    """A key of the call-back API (vpbx_api_keys[]): only its token's sha256 is known here."""
+
+    name: str
+    token_sha256: str
+    dids: frozenset[str]
+
+
+# A sha256 as hashlib's hexdigest() spells it: one spelling, compared as text.
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
 class Config:
     default_country: str
     sip_listen: HostPort
@@ -205,6 +219,7 @@ class Config:
     callback_max_concurrent: int = DEFAULT_CALLBACK_MAX_CONCURRENT
     recordings_keep_days: int = DEFAULT_RECORDINGS_KEEP_DAYS
     timezone: str = DEFAULT_TIMEZONE
+    api_keys: tuple[ApiKey, ...] = ()
 
 
 @dataclass
@@ -334,6 +349,7 @@ def load(variables: Mapping[str, Any], *, rendered: bool = False) -> Config:
                               variables.get("vpbx_recordings_keep_days", DEFAULT_RECORDINGS_KEEP_DAYS),
                               0, MAX_RECORDINGS_KEEP_DAYS)
     timezone = _timezone(check, variables.get("vpbx_timezone", DEFAULT_TIMEZONE))
+    api_keys = _api_keys(check, variables.get("vpbx_api_keys"), country, numbers)
 
     if check.errors:
         raise InventoryError(check.errors)
@@ -348,6 +364,7 @@ def load(variables: Mapping[str, Any], *, rendered: bool = False) -> Config:
         callback_max_concurrent=max_concurrent,
         recordings_keep_days=keep_days,
         timezone=timezone,
+        api_keys=api_keys,
     )
 
 
@@ -741,6 +758,40 @@ def _pin(check: _Checker, path: str, value: Any) -> str | None:
     return value
 
 
+def _api_keys(check: _Checker, value: Any, country: str, numbers: Mapping[str, Did]) -> tuple[ApiKey, ...]:
+    keys, names, hashes = [], {}, {}
+    for i, item in enumerate(check.items("vpbx_api_keys", value)):
+        path = f"vpbx_api_keys[{i}]"
+        if not check.keys(path, item, ("name", "token_sha256", "dids"), ("name", "token_sha256", "dids")):
+            continue
+        name = check.text(f"{path}.name", item.get("name"))
+        check.unique(f"{path}.name", name, names)
+        digest = item.get("token_sha256")
+        if not isinstance(digest, str) or not SHA256_HEX.fullmatch(digest):
+            # A token pasted here instead of its hash is a secret: never quoted.
+            check.error(f"{path}.token_sha256", "must be the token's sha256, 64 lowercase hex digits "
+                        "(value not shown)")
+            digest = None
+        check.unique(f"{path}.token_sha256", digest, hashes)
+        dids = set()
+        raw = item.get("dids")
+        if not isinstance(raw, list) or not raw:
+            check.error(f"{path}.dids", f"must be a non-empty list of DIDs, got {_kind(raw)}")
+            raw = []
+        for j, entry in enumerate(raw):
+            number = check.number(f"{path}.dids[{j}]", entry, country)
+            if number is None:
+                continue
+            did = numbers.get(number)
+            if did is None or did.callback is None or not did.callback.enabled:
+                check.error(f"{path}.dids[{j}]", f"{number} is no DID of vpbx_numbers with callback enabled")
+                continue
+            dids.add(number)
+        if name and digest and dids:
+            keys.append(ApiKey(name, digest, frozenset(dids)))
+    return tuple(keys)
+
+
 def dump(config: Config) -> dict[str, Any]:
     """The contract's variables with every number in E.164: what the services load."""
 
@@ -786,4 +837,7 @@ def dump(config: Config) -> dict[str, Any]:
         "vpbx_callback_max_concurrent": config.callback_max_concurrent,
         "vpbx_recordings_keep_days": config.recordings_keep_days,
         "vpbx_timezone": config.timezone,
+        "vpbx_api_keys": [
+            {"name": k.name, "token_sha256": k.token_sha256, "dids": sorted(k.dids)} for k in config.api_keys
+        ],
     }

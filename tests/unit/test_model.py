@@ -1,5 +1,6 @@
 """The inventory contract: what loads, what it becomes, and how each mistake is named."""
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -736,3 +737,65 @@ def test_the_time_zone_defaults_to_the_offices(inventory):
     assert load(inventory).timezone == "Europe/Bratislava"
     inventory["vpbx_timezone"] = "Europe/Prague"
     assert load(dump(load(inventory)), rendered=True).timezone == "Europe/Prague"
+
+
+# --- vpbx_api_keys ---------------------------------------------------------------------------------
+
+UNIT_TOKEN_SHA256 = hashlib.sha256(b"unit-api-token").hexdigest()
+
+
+def api_key(**changes):
+    return {"name": "crm", "token_sha256": UNIT_TOKEN_SHA256, "dids": ["02 330 00111"], **changes}
+
+
+def test_an_api_key_loads_with_its_dids_in_e164(inventory):
+    inventory["vpbx_api_keys"] = [api_key()]
+    (key,) = load(inventory).api_keys
+    assert (key.name, key.token_sha256, key.dids) == ("crm", UNIT_TOKEN_SHA256, frozenset({"+421233000111"}))
+
+
+def test_api_keys_are_dumped_and_load_back(inventory):
+    inventory["vpbx_api_keys"] = [api_key()]
+    dumped = dump(load(inventory))
+    assert dumped["vpbx_api_keys"] == [{"name": "crm", "token_sha256": UNIT_TOKEN_SHA256,
+                                        "dids": ["+421233000111"]}]
+    assert dump(load(dumped, rendered=True)) == dumped
+
+
+def test_no_api_keys_by_default(inventory):
+    assert load(inventory).api_keys == ()
+
+
+@pytest.mark.parametrize("digest", ["unit-api-token", UNIT_TOKEN_SHA256.upper(), UNIT_TOKEN_SHA256[:-1], 42])
+def test_an_api_key_that_is_no_sha256_is_reported_and_never_quoted(inventory, digest):
+    inventory["vpbx_api_keys"] = [api_key(token_sha256=digest)]
+    errors = errors_of(inventory)
+    assert_reported(errors, "vpbx_api_keys[0].token_sha256", "sha256", "value not shown")
+    assert not any("unit-api-token" in error for error in errors)
+
+
+def test_an_api_key_for_a_did_without_callback_is_reported(inventory):
+    inventory["vpbx_api_keys"] = [api_key(dids=["+421233000111", "+421233000222"])]
+    assert_reported(errors_of(inventory), "vpbx_api_keys[0].dids[1]", "+421233000222", "callback enabled")
+
+
+def test_an_api_key_for_an_unknown_did_is_reported(inventory):
+    inventory["vpbx_api_keys"] = [api_key(dids=["+421233000999"])]
+    assert_reported(errors_of(inventory), "vpbx_api_keys[0].dids[0]", "no DID")
+
+
+def test_an_api_key_without_dids_is_reported(inventory):
+    inventory["vpbx_api_keys"] = [api_key(dids=[])]
+    assert_reported(errors_of(inventory), "vpbx_api_keys[0].dids", "non-empty list")
+
+
+def test_two_api_keys_of_one_name_or_one_token_are_reported(inventory):
+    inventory["vpbx_api_keys"] = [api_key(), api_key(token_sha256="0" * 64), api_key(name="other")]
+    errors = errors_of(inventory)
+    assert_reported(errors, "vpbx_api_keys[1].name", "defined twice")
+    assert_reported(errors, "vpbx_api_keys[2].token_sha256", "defined twice")
+
+
+def test_an_unknown_key_in_an_api_key_is_reported(inventory):
+    inventory["vpbx_api_keys"] = [api_key(token="unit-api-token")]
+    assert_reported(errors_of(inventory), "vpbx_api_keys[0].token", "unknown key")
