@@ -113,18 +113,18 @@ def app(keys: Callable[[], Iterable[model.ApiKey]], orderer: Orderer) -> FastAPI
         except Refused as exc:
             raise refused(exc) from None
 
-    @api.get("/v1/callbacks/{callback_id}", response_model=CallbackState)
-    def state(callback_id: str, key: Authorised) -> CallbackState:
-        found = orderer.state(key, callback_id)
+    def known(found: CallbackState | None) -> CallbackState:
+        # An id of another key's is as unknown as one never ordered.
         if found is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such call-back")
         return found
 
+    @api.get("/v1/callbacks/{callback_id}", response_model=CallbackState)
+    def state(callback_id: str, key: Authorised) -> CallbackState:
+        return known(orderer.state(key, callback_id))
+
     @api.delete("/v1/callbacks/{callback_id}", response_model=CallbackState)
     def cancel(callback_id: str, key: Authorised) -> CallbackState:
-        found = orderer.cancel(key, callback_id)
-        if found is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such call-back")
-        return found
+        return known(orderer.cancel(key, callback_id))
 
     return api
